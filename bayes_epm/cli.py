@@ -1,0 +1,147 @@
+"""The ``bayes-epm`` command line.
+
+Exit status: 0 success; 1 a run that failed; 2 bad input (one line on stderr saying what was wrong
+and what is valid; nothing was started or written); 3 a training run that diverged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from bayes_epm.errors import InvalidInputError, SpecError
+
+try:  # typer >= 0.20 ships its own copy of click; older releases use click itself
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click import exceptions as click_exceptions
+
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED = 1, 2, 3
+
+app = typer.Typer(
+    name="bayes-epm",
+    help="Bayesian scaling laws for compressed language models: the effective parameter multiplier (EPM) "
+         "of every compression format, with honest uncertainty.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Keeps ``train`` a sub-command while it is the only one."""
+
+
+def _format_from_options(fmt: str | None, sparsity: float | None, pattern: str | None,
+                         w_bits: int | None, a_bits: int | None, quantizer: str | None) -> str:
+    from bayes_epm.models.formats import FULL_BITS, Format
+
+    parts = {"--sparsity": sparsity, "--pattern": pattern, "--w-bits": w_bits, "--a-bits": a_bits,
+             "--quantizer": quantizer}
+    given = [k for k, v in parts.items() if v is not None]
+    if fmt is not None and given:
+        raise SpecError(f"give either --format or {', '.join(given)}, not both")
+    if fmt is not None:
+        return Format.parse(fmt).name
+    return Format(sparsity=sparsity or 0.0, pattern=pattern or "unstructured",
+                  w_bits=FULL_BITS if w_bits is None else w_bits,
+                  a_bits=FULL_BITS if a_bits is None else a_bits,
+                  quantizer=quantizer or "rms").name
+
+
+def _summary_table(result: dict[str, Any]) -> Table:
+    table = Table(title=f"run {result['status']}", show_header=False, title_justify="left")
+    rows = [
+        ("format", result["format"]), ("held-out loss", f"{result['loss']:.4f} nats/token"),
+        ("params (non-embedding)", f"{result['params']:,} ({result['n_layer']} layers x {result['d_model']} wide, "
+                                   f"{result['n_head']} heads)"),
+        ("tokens", f"{result['tokens']:,} in {result['steps']} steps"), ("training FLOPs", f"{result['flops']:.3g}"),
+        ("sparsity achieved", f"{result['sparsity_achieved']:.4f}"), ("device", result["device"]),
+        ("throughput", f"{result['tokens_per_s']:,.0f} tokens/s"), ("wall time", f"{result['wall_s']:.1f} s"),
+        ("peak lr", f"{result['lr']:.3g}"), ("data", f"{result['data_source']} (sha256 {result['data_sha256'][:12]})"),
+    ]
+    if result["error"]:
+        rows.append(("error", result["error"]))
+    for key, value in rows:
+        table.add_row(key, str(value))
+    return table
+
+
+@app.command()
+def train(
+    params: Annotated[float, typer.Option(help="Non-embedding parameter count N, e.g. 2e4.")],
+    tokens: Annotated[float, typer.Option(help="Training tokens D, e.g. 2e5.")],
+    format: Annotated[Optional[str], typer.Option("--format", "-f", help="Compression format, e.g. dense, s0.5, 2:4, w4, w4a4, s0.75-w4a8, 2:4-w4:absmax.")] = None,
+    sparsity: Annotated[Optional[float], typer.Option(help="Instead of --format: fraction of weights pruned.")] = None,
+    pattern: Annotated[Optional[str], typer.Option(help="Instead of --format: 'unstructured' or '<n>:<m>'.")] = None,
+    w_bits: Annotated[Optional[int], typer.Option(help="Instead of --format: weight bits (1-8, 16 = none).")] = None,
+    a_bits: Annotated[Optional[int], typer.Option(help="Instead of --format: activation bits (1-8, 16 = none).")] = None,
+    quantizer: Annotated[Optional[str], typer.Option(help="Instead of --format: quantizer name (rms, absmax).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the initialisation and data order.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Sequences per step.")] = 16,
+    context: Annotated[int, typer.Option(help="Tokens per sequence.")] = 128,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the width rule).")] = None,
+    data: Annotated[str, typer.Option(help="'builtin', a text file, or a uint16 (.bin/.u16) / uint32 (.u32) token file.")] = "builtin",
+    data_dtype: Annotated[str, typer.Option(help="auto, text, uint16 or uint32.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    eval_tokens: Annotated[int, typer.Option(help="Size of the held-out set for the final loss.")] = 65_536,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else.")] = False,
+) -> int:
+    """Train one small transformer in a compression format and report its held-out loss."""
+    from bayes_epm.workers.data import check_source
+    from bayes_epm.workers.spec import TrainSpec
+    from bayes_epm.workers.train import train as train_run
+
+    fmt = _format_from_options(format, sparsity, pattern, w_bits, a_bits, quantizer)
+    spec = TrainSpec(params=params, tokens=tokens, format=fmt, seed=seed, batch_size=batch_size,
+                     context=context, lr=lr, data=data, data_dtype=data_dtype, device=device,
+                     eval_tokens=eval_tokens)
+    check_source(spec.data, spec.data_dtype)
+    if as_json:
+        result = train_run(spec).to_dict()
+        print(json.dumps(result, allow_nan=True, default=str))
+    else:
+        console = Console()
+        columns = (TextColumn(f"[bold]{spec.format}[/] N={spec.params:.3g} D={spec.tokens:.3g}"), BarColumn(),
+                   MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(),
+                   TimeRemainingColumn())
+        with Progress(*columns, console=console, transient=False) as bar:
+            task = bar.add_task("train", total=spec.steps, loss="-")
+            result = train_run(spec, lambda done, total, loss: bar.update(task, completed=done, loss=f"{loss:.3f}"))
+            result = result.to_dict()
+        console.print(_summary_table(result))
+    return {"ok": 0, "failed": EXIT_FAILED, "diverged": EXIT_DIVERGED}[result["status"]]
+
+
+def _fail(message: str) -> None:
+    print(f"bayes-epm: error: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: runs the app and maps errors to exit codes (module docstring)."""
+    try:
+        code = app(args=argv, prog_name="bayes-epm", standalone_mode=False)
+    except click_exceptions.UsageError as exc:
+        message = " ".join(exc.format_message().split())
+        if message:  # empty for a bare `bayes-epm`, which has already printed the help
+            _fail(message)
+        code = EXIT_BAD_INPUT
+    except InvalidInputError as exc:
+        _fail(" ".join(str(exc).split()))
+        code = EXIT_BAD_INPUT
+    except click_exceptions.Abort:
+        _fail("interrupted")
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()
