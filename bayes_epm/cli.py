@@ -1,6 +1,6 @@
 """The ``bayes-epm`` command line.
 
-Exit status: 0 success; 1 a run that failed; 2 bad input (one line on stderr saying what was wrong
+Exit status: 0 success; 1 a run that failed (or an unexpected error); 2 bad input (one line on stderr saying what was wrong
 and what is valid; nothing was started or written); 3 a training run that diverged.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from typing import Annotated, Any, Optional
 
@@ -96,18 +97,18 @@ def train(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else.")] = False,
 ) -> int:
     """Train one small transformer in a compression format and report its held-out loss."""
-    from bayes_epm.workers.data import check_source
     from bayes_epm.workers.spec import TrainSpec
+    from bayes_epm.workers.train import prepare
     from bayes_epm.workers.train import train as train_run
 
     fmt = _format_from_options(format, sparsity, pattern, w_bits, a_bits, quantizer)
     spec = TrainSpec(params=params, tokens=tokens, format=fmt, seed=seed, batch_size=batch_size,
                      context=context, lr=lr, data=data, data_dtype=data_dtype, device=device,
                      eval_tokens=eval_tokens)
-    check_source(spec.data, spec.data_dtype)
+    run = prepare(spec)  # every input check, before anything is printed or trained
     if as_json:
-        result = train_run(spec).to_dict()
-        print(json.dumps(result, allow_nan=True, default=str))
+        result = train_run(run).to_dict()
+        print(json.dumps(_json_safe(result)))
     else:
         console = Console()
         columns = (TextColumn(f"[bold]{spec.format}[/] N={spec.params:.3g} D={spec.tokens:.3g}"), BarColumn(),
@@ -115,10 +116,21 @@ def train(
                    TimeRemainingColumn())
         with Progress(*columns, console=console, transient=False) as bar:
             task = bar.add_task("train", total=spec.steps, loss="-")
-            result = train_run(spec, lambda done, total, loss: bar.update(task, completed=done, loss=f"{loss:.3f}"))
+            result = train_run(run, lambda done, total, loss: bar.update(task, completed=done, loss=f"{loss:.3f}"))
             result = result.to_dict()
         console.print(_summary_table(result))
     return {"ok": 0, "failed": EXIT_FAILED, "diverged": EXIT_DIVERGED}[result["status"]]
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities as null: strict JSON parsers (jq, JavaScript) reject NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _fail(message: str) -> None:
@@ -137,9 +149,14 @@ def main(argv: list[str] | None = None) -> None:
     except InvalidInputError as exc:
         _fail(" ".join(str(exc).split()))
         code = EXIT_BAD_INPUT
-    except click_exceptions.Abort:
-        _fail("interrupted")
+    except typer.Abort:
+        _fail("aborted")
         code = 130
+    except Exception as exc:  # a bug or an environment failure: one line, unless asked for the traceback
+        if os.environ.get("BAYES_EPM_DEBUG"):
+            raise
+        _fail(f"{type(exc).__name__}: {' '.join(str(exc).split())} (set BAYES_EPM_DEBUG=1 for the traceback)")
+        code = EXIT_FAILED
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -16,6 +16,7 @@ normalised (``w4a16`` is ``w4``, ``w4:rms`` is ``w4``, ``w16`` is ``dense``) so 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -50,7 +51,7 @@ class Format:
     ----------
     sparsity : float
         Fraction of each compressed weight tensor that is zero at the end of training, in [0, 1).
-        Stored rounded to 6 decimals. For an N:M pattern it is ``1 - n/m`` (may be left at 0).
+        Stored rounded to 6 decimals (and must stay below 1 after rounding). For an N:M pattern it is ``1 - n/m`` (may be left at 0).
     pattern : str
         ``"unstructured"`` or ``"<n>:<m>"`` (e.g. ``"2:4"``).
     w_bits, a_bits : int
@@ -68,8 +69,8 @@ class Format:
     def __post_init__(self) -> None:
         for field in ("w_bits", "a_bits"):
             bits = getattr(self, field)
-            if isinstance(bits, bool) or not isinstance(bits, (int, float)) or bits != int(bits) \
-                    or int(bits) not in VALID_BITS:
+            if isinstance(bits, bool) or not isinstance(bits, (int, float)) or not math.isfinite(bits) \
+                    or bits != int(bits) or int(bits) not in VALID_BITS:
                 raise FormatError(f"{field}={bits!r} is not valid; bits are 1-8, or 16 for "
                                   "not quantized")
             object.__setattr__(self, field, int(bits))
@@ -82,8 +83,9 @@ class Format:
 
     def _validate_sparsity(self) -> None:
         s = self.sparsity
-        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 <= float(s) < 1.0:
-            raise FormatError(f"sparsity={s!r} is not valid; sparsity is a fraction in [0, 1)")
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 <= round(float(s), 6) < 1.0:
+            raise FormatError(f"sparsity={s!r} is not valid; sparsity is a fraction in [0, 1) with at most "
+                              "6 decimals")
         s = round(float(s), 6)
         try:
             family = pattern_family(self.pattern)
@@ -155,7 +157,7 @@ class Format:
         kw: dict[str, Any] = {}
         if (m := _SPARSITY_RE.match(parts[0])) is not None:
             kw["sparsity"] = float(m["frac"])
-            if not 0.0 < kw["sparsity"] < 1.0:
+            if not 0.0 < round(kw["sparsity"], 6) < 1.0:
                 raise FormatError(f"invalid format {name!r}: sparsity {m['frac']} must be strictly "
                                   f"between 0 and 1; {grammar_help()}")
             parts = parts[1:]

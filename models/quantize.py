@@ -41,7 +41,7 @@ import torch
 
 QUANTIZERS: dict[str, "Quantizer"] = {}
 
-_EPS = 1e-12  # floor on a row's scale, so an all-zero row quantizes to zeros instead of NaN
+_EPS = 1e-12  # floor on a row's step, so that an all-zero row divides by no zero
 
 
 def register_quantizer(name: str) -> Callable[[type["Quantizer"]], type["Quantizer"]]:
@@ -139,8 +139,9 @@ def _fake_quantize_rows(x: torch.Tensor, step: torch.Tensor, kmax: int, midrise:
     Mid-tread levels are ``k * step`` with ``|k| <= kmax``; mid-rise levels are ``(k + 1/2) * step``
     with ``-kmax - 1 <= k <= kmax``. ``step`` is a constant: the gradient reaches ``x`` only.
     """
-    step = step.detach().float().clamp_min(_EPS).unsqueeze(1)  # (R, 1)
-    return _RoundToGrid.apply(x, step, kmax, midrise)
+    step = step.detach().float().unsqueeze(1)  # (R, 1)
+    q = _RoundToGrid.apply(x, step.clamp_min(_EPS), kmax, midrise)
+    return q * (step > 0) if midrise else q  # an all-zero row stays zero (mid-rise has no zero level)
 
 
 class Quantizer(abc.ABC):

@@ -68,6 +68,10 @@ class SparsityPattern(abc.ABC):
         """Why ``pattern`` cannot be applied to a weight of this shape, or None if it can."""
         return None
 
+    def count(self, numel: int, sparsity: float, pattern: str) -> int:
+        """How many of ``numel`` weights to prune at ``sparsity``."""
+        return round(sparsity * numel)
+
     @abc.abstractmethod
     def mask(self, weight: torch.Tensor, n_prune: int, pattern: str) -> torch.Tensor:
         """A 0/1 mask like ``weight`` (out, in) with exactly ``n_prune`` zeros."""
@@ -92,9 +96,16 @@ class NM(SparsityPattern):
             return f"{pattern} needs the input size to be a multiple of {m}, got a weight of shape {tuple(weight_shape)}"
         return None
 
+    def count(self, numel, sparsity, pattern):
+        n, m = self._nm(pattern)
+        exact = numel // m * (m - n)  # every candidate: exactly n non-zeros in every group
+        # the stored target is 1 - n/m rounded to 6 decimals: at the target, prune exactly the candidates
+        return exact if abs(sparsity - (1 - n / m)) < 1e-6 else min(exact, round(sparsity * numel))
+
     def mask(self, weight, n_prune, pattern):
         n, m = self._nm(pattern)
         out_f, in_f = weight.shape
+        n_prune = min(n_prune, weight.numel() // m * (m - n))  # never more than the candidates
         mag = weight.detach().abs().reshape(out_f, in_f // m, m)  # (out, groups, m)
         order = mag.argsort(dim=-1)  # ascending within each group
         candidate = torch.zeros_like(mag, dtype=torch.bool).scatter_(-1, order[..., : m - n], True)
@@ -148,7 +159,7 @@ class SparsitySchedule:
         """Prune every layer to ``round(sparsity * numel)`` zeros (cumulative with earlier updates)."""
         for mod in self.modules:
             eff = mod.weight_orig * mod.weight_mask  # (out, in), pruned entries are 0
-            n_prune = round(sparsity * eff.numel())
+            n_prune = self.handler.count(eff.numel(), sparsity, self.pattern)
             mod.weight_mask.copy_(self.handler.mask(eff, n_prune, self.pattern))
         self.current = sparsity
 

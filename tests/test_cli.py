@@ -46,6 +46,8 @@ def test_human_summary(capsys):
     (["--format", "w4", "--w-bits", "4"], "either --format"),
     (["--device", "tpu"], "device"),
     (["--data-dtype", "int8"], "dtype"),
+    (["--eval-tokens", "100000000"], "windows"),
+    (["--format", "2:16", "--params", "1e3"], "multiple of 16"),
 ])
 def test_bad_input_exits_2_with_one_line(capsys, args, match):
     argv = ["train", "--params", "2e4", "--tokens", "2e4", *args]
@@ -67,3 +69,36 @@ def test_unreadable_data_file(capsys, tmp_path):
 def test_missing_option(capsys):
     code, _, err = run_cli(capsys, "train", "--tokens", "2e4")
     assert code == 2 and "--params" in err
+
+
+def test_cuda_without_cuda_exits_2(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, out, err = run_cli(capsys, "train", *TINY, "--device", "cuda")
+    assert code == 2 and out == "" and "no CUDA device" in err
+
+
+def test_unexpected_error_is_one_line_and_exit_1(capsys, monkeypatch):
+    import bayes_epm.workers.train as train_mod
+
+    def boom(spec):
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(train_mod, "prepare", boom)
+    monkeypatch.delenv("BAYES_EPM_DEBUG", raising=False)
+    code, out, err = run_cli(capsys, "train", *TINY)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "disk on fire" in err
+
+
+def test_failed_run_prints_strict_json(capsys, monkeypatch):
+    from bayes_epm.models import GPT
+
+    def broken(self, idx, targets=None):
+        raise RuntimeError("simulated")
+
+    monkeypatch.setattr(GPT, "forward", broken)
+    code, out, _ = run_cli(capsys, "train", *TINY, "--json")
+    assert code == 1
+    result = json.loads(out, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert result["status"] == "failed" and result["loss"] is None

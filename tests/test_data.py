@@ -87,9 +87,39 @@ def test_batches_are_next_token_pairs_and_seeded():
     assert torch.equal(x, x2)
 
 
-def test_eval_windows_are_fixed_and_too_short_is_an_error():
-    toks = np.arange(1000, dtype=np.uint16)
-    x, y = eval_windows(toks, 10, 95)
-    assert x.shape == (9, 10) and torch.equal(y, x + 1)
-    with pytest.raises(DataError):
-        eval_windows(toks, 10, 5000)
+def test_eval_windows_spread_over_the_whole_split_and_never_span_blocks():
+    n_blocks = 6
+    toks = np.arange(n_blocks * SPLIT_BLOCK, dtype=np.uint32)  # consecutive ids: a seam breaks x + 1
+    x, y = eval_windows(toks, 64, 64 * 60)
+    assert x.shape == (60, 64) and torch.equal(y, x + 1)  # targets are the next tokens, no seam crossed
+    blocks = (x[:, 0] // SPLIT_BLOCK).unique()
+    assert blocks.tolist() == list(range(n_blocks))  # every part of the split, not just its start
+    assert ((x[:, -1] + 1) // SPLIT_BLOCK == x[:, 0] // SPLIT_BLOCK).all()
+    starts = x[:, 0].tolist()
+    assert len(set(starts)) == len(starts) and all(b - a >= 64 for a, b in zip(starts, starts[1:]))
+    x2, _ = eval_windows(toks, 64, 64 * 60)
+    assert torch.equal(x, x2)  # fixed
+    with pytest.raises(DataError, match="windows"):
+        eval_windows(toks, 64, 64 * 10_000)
+
+
+def test_builtin_held_out_set_samples_the_whole_corpus():
+    data = load_tokens("builtin")
+    x, _ = eval_windows(data.val, 128, 65_536)
+    first_block, last_block = data.val[:SPLIT_BLOCK].tobytes(), data.val[-SPLIT_BLOCK:].tobytes()
+    assert bytes(x[0].to(torch.uint8).tolist()) in first_block
+    assert bytes(x[-1].to(torch.uint8).tolist()) in last_block
+
+
+def test_huge_token_id_is_a_clear_error(tmp_path):
+    path = tmp_path / "tokens.u32"
+    toks = np.zeros(2 * SPLIT_BLOCK * VAL_EVERY, dtype=np.uint32)
+    toks[5] = 4_000_000_000
+    toks.tofile(path)
+    with pytest.raises(DataError, match="token id 4000000000"):
+        load_tokens(str(path))
+
+
+def test_builtin_is_text_only():
+    with pytest.raises(DataError, match="built-in corpus is text"):
+        load_tokens("builtin", "uint16")

@@ -63,6 +63,30 @@ def test_dense_is_bit_identical_to_no_compression(fmt):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_compressed_linear_with_nothing_to_do_is_bit_identical_to_linear():
+    from bayes_epm.models import Format
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(32, 16)
+    wrapped = CompressedLinear(linear, Format())  # the layer's own path, not compress_'s early return
+    x = torch.randn(4, 7, 32, requires_grad=True)
+    y1 = linear(x)
+    y2 = wrapped(x)
+    assert torch.equal(y1, y2)
+    g1 = torch.autograd.grad(y1.sum(), (x, linear.weight))
+    g2 = torch.autograd.grad(y2.sum(), (x, wrapped.weight))
+    assert all(torch.equal(a, b) for a, b in zip(g1, g2))
+
+
+def test_dense_leaves_the_model_untouched():
+    model = GPT.for_params(2e4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert compress_(model, "dense") == []
+    assert not any(isinstance(m, CompressedLinear) for m in model.modules())
+    assert not any(m._forward_pre_hooks for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_compressed_model_shares_parameters_with_the_original():
     model = GPT.for_params(2e4)
     before = {id(p) for p in model.parameters()}

@@ -54,18 +54,29 @@ def test_masked_entries_stay_zero_and_scale_uses_survivors(name, bits):
         assert torch.allclose(q[r, keep], alone, rtol=1e-6, atol=0)
 
 
+def _clip_points(name: str, x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Each row's clipping point, from the quantizer's documented definition."""
+    if name == "rms":
+        return gaussian_optimal_clip(bits) * x.pow(2).mean(1).sqrt()
+    amax = x.abs().amax(1)
+    return amax * 2 if bits == 1 else amax * (1 + 0.5 / (2 ** (bits - 1) - 1))
+
+
 @pytest.mark.parametrize("name", sorted(QUANTIZERS))
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
-def test_ste_passes_gradient_inside_the_range_only(name, bits):
+def test_ste_passes_gradient_exactly_inside_the_clipping_range(name, bits):
     x = torch.randn(8, 128, generator=torch.Generator().manual_seed(2)).requires_grad_()
     upstream = torch.randn(8, 128, generator=torch.Generator().manual_seed(3))
     QUANTIZERS[name].weight(x, bits).backward(upstream)
-    assert x.grad is not None
-    passed = x.grad != 0
-    assert torch.equal(x.grad[passed], upstream[passed])  # identity inside the range
-    assert passed.float().mean() > 0.5  # most entries lie inside the clipping range
-    if name == "absmax" and bits > 1:
-        assert bool(passed.all())  # min-max never clips
+    clip = _clip_points(name, x.detach(), bits).unsqueeze(1)  # (R, 1)
+    inside = x.detach().abs() <= clip
+    margin = (x.detach().abs() - clip).abs() > 1e-4 * clip  # ignore ties at the boundary
+    assert torch.equal((x.grad != 0)[margin], inside[margin])
+    assert torch.equal(x.grad[inside & margin], upstream[inside & margin])  # identity inside the range
+    if name == "rms":  # rms clips a few entries (at 8 bits, 3.9 sigma, there may be none in 1024)
+        assert int((~inside).sum()) < x.numel() // 4 and (bits == 8 or int((~inside).sum()) > 0)
+    else:
+        assert bool(inside.all())  # min-max never clips
 
 
 def test_activation_is_per_token():

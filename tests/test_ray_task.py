@@ -24,14 +24,15 @@ def test_gpu_request(ray_local, tiny_spec_kw):
         import ray
 
         gpus = ray.get_gpu_ids()
-        return failed_result(TrainSpec.from_dict(spec), f"gpus={gpus}")
+        return failed_result(TrainSpec.from_dict(spec), f"gpus={gpus} device={spec['device']}")
 
-    spec = TrainSpec(**tiny_spec_kw, device="cuda")
+    spec = TrainSpec(**tiny_spec_kw, device="cuda:1")
     assert num_gpus_for(spec) == 1
     got = result_of(submit(spec, fn=report_gpus), spec)
-    assert got.error == "gpus=[0]"  # Ray gave the task the (logical) GPU
-    cpu = TrainSpec(**tiny_spec_kw, device="cpu")
-    assert result_of(submit(cpu, fn=report_gpus), cpu).error == "gpus=[]"
+    assert got.error == "gpus=[0] device=cuda"  # Ray gave the task the (logical) GPU, renumbered from 0
+    for device in ("cpu", "auto"):  # no GPU reserved: train on the CPU, never on a GPU another task holds
+        cpu = TrainSpec(**tiny_spec_kw, device=device)
+        assert result_of(submit(cpu, fn=report_gpus, num_gpus=0), cpu).error == "gpus=[] device=cpu"
     assert num_gpus_for(TrainSpec(**tiny_spec_kw, device="auto")) == 1  # the cluster declares a GPU
     assert num_gpus_for(TrainSpec(**tiny_spec_kw, device="auto"), cluster_gpus=0) == 0
 

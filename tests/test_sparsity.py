@@ -94,3 +94,16 @@ def test_short_run_still_reaches_the_target():
     schedule.step(0)
     schedule.finalize()
     assert schedule.achieved() == pytest.approx(0.75, abs=1e-3)
+
+
+@pytest.mark.parametrize("pattern, shape", [("1:3", (768, 3072)), ("3:7", (700, 1400)), ("2:4", (64, 128))])
+def test_nm_is_exact_for_any_m_on_large_tensors(pattern, shape):
+    n, m = (int(v) for v in pattern.split(":"))
+    layer = nn.Linear(shape[1], shape[0])
+    layers = compress_(nn.Sequential(layer), pattern)
+    schedule = sparsity_schedule(layers, Format.parse(pattern), total_steps=10)
+    schedule.set_sparsity(schedule.target / 2)
+    schedule.finalize()
+    w = layers[0].weight_orig * layers[0].weight_mask
+    nonzero = (w != 0).reshape(shape[0], -1, m).sum(-1)
+    assert torch.all(nonzero == n)

@@ -64,22 +64,29 @@ def test_nan_loss_is_a_diverged_result_not_an_exception(tiny_spec_kw, monkeypatc
 
 
 def test_exception_during_training_is_a_failed_result(tiny_spec_kw, monkeypatch):
+    forward = GPT.forward
+    calls = {"n": 0}
+
     def broken(self, idx, targets=None):
-        raise RuntimeError("simulated kernel failure")
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("simulated kernel failure")
+        return forward(self, idx, targets)
 
     monkeypatch.setattr(GPT, "forward", broken)
-    r = train(TrainSpec(**tiny_spec_kw))
+    spec = TrainSpec(**tiny_spec_kw)
+    r = train(spec)
     assert r.status == "failed" and "simulated kernel failure" in r.error
     assert math.isnan(r.loss)
+    assert r.tokens == 3 * spec.tokens_per_step and r.flops == 6.0 * r.params * r.tokens  # work done is counted
 
 
-def test_cuda_asked_without_cuda_fails_cleanly(tiny_spec_kw):
+def test_cuda_asked_without_cuda_is_bad_input(tiny_spec_kw, monkeypatch):
     import torch
 
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA: the run would succeed")  # the check is for CPU machines
-    r = train(TrainSpec(**tiny_spec_kw, device="cuda"))
-    assert r.status == "failed" and "CUDA" in r.error
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a CPU-only machine
+    with pytest.raises(SpecError, match="no CUDA device"):
+        train(TrainSpec(**tiny_spec_kw, device="cuda"))
 
 
 def test_format_that_does_not_fit_raises_before_training(tiny_spec_kw):
@@ -92,6 +99,7 @@ def test_format_that_does_not_fit_raises_before_training(tiny_spec_kw):
     (dict(tokens=float("nan")), "tokens"), (dict(format="s1.5"), "sparsity"), (dict(batch_size=0), "batch_size"),
     (dict(context=2.5), "context"), (dict(seed=-1), "seed"), (dict(lr=-1.0), "lr"), (dict(device="tpu"), "device"),
     (dict(warmup_frac=2.0), "warmup_frac"), (dict(eval_tokens=10, context=64), "eval_tokens"),
+    (dict(params=1e12), "too large"), (dict(context=1 << 20), "too long"),
 ])
 def test_bad_specs(kw, match):
     base = dict(params=2e4, tokens=2e4)

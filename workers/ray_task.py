@@ -1,8 +1,8 @@
 """A thin Ray task around :func:`~bayes_epm.workers.train.run_spec`.
 
 - The task asks Ray for a GPU (``num_gpus=1``) when the spec wants one: ``device="cuda"``, or
-  ``device="auto"`` on a cluster that has GPUs. Ray then sets ``CUDA_VISIBLE_DEVICES``, so a CPU
-  task on a GPU node sees no GPU and ``auto`` trains on its CPU.
+  ``device="auto"`` on a cluster that has GPUs. Inside the task the device follows what Ray
+  assigned (:func:`_device_in_task`): a task without a GPU trains ``auto`` on its CPU.
 - A worker process that dies (segfault, out-of-memory kill, node lost) is retried by Ray up to
   ``max_retries`` times. Python exceptions are not retried: :func:`train` already turns failures
   during training into a ``failed`` result, and bad input would fail the same way again.
@@ -32,11 +32,26 @@ def num_gpus_for(spec: TrainSpec, cluster_gpus: float | None = None) -> float:
     if spec.device == "cpu":
         return 0
     if cluster_gpus is None:
+        if not ray.is_initialized():
+            ray.init()  # what the first .remote() call would do anyway
         cluster_gpus = ray.cluster_resources().get("GPU", 0)
     return 1 if cluster_gpus > 0 else 0
 
 
+def _device_in_task(device: str, gpu_ids: list) -> str:
+    """The device a task should use, given the GPUs Ray assigned to it.
+
+    Ray exposes only the assigned GPUs to the task, renumbered from 0, so ``cuda:N`` becomes
+    ``cuda``. Ray 2.60 no longer hides GPUs from tasks that reserved none, so ``auto`` without an
+    assigned GPU becomes ``cpu`` rather than using a GPU another task reserved.
+    """
+    if gpu_ids:
+        return "cuda" if device.startswith("cuda") else device
+    return "cpu" if device == "auto" else device
+
+
 def _train_task(spec: dict[str, Any], fn: TrainFn | None) -> dict[str, Any]:
+    spec = {**spec, "device": _device_in_task(spec["device"], ray.get_gpu_ids())}
     return (fn or run_spec)(spec).to_dict()
 
 

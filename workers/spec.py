@@ -16,6 +16,8 @@ from bayes_epm.errors import FormatError, SpecError
 from bayes_epm.models.formats import Format
 
 MIN_PARAMS = 1_000  # the smallest shape the size rule builds has about 900 parameters
+MAX_PARAMS = 1e10  # beyond this no single-device run of this worker fits in memory
+MAX_CONTEXT = 65_536
 STATUSES = ("ok", "diverged", "failed")
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -90,12 +92,17 @@ class TrainSpec:
         if self.params < MIN_PARAMS:
             raise SpecError(f"params={self.params!r} is too small; the smallest model has about {MIN_PARAMS} "
                             "non-embedding parameters")
+        if self.params > MAX_PARAMS:
+            raise SpecError(f"params={self.params!r} is too large; this worker trains at most {MAX_PARAMS:.0e} "
+                            "parameters on one device")
         _positive("tokens", self.tokens)
         for name in ("batch_size", "context", "eval_tokens"):
             _positive(name, getattr(self, name), integer=True)
             object.__setattr__(self, name, int(getattr(self, name)))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise SpecError(f"seed={self.seed!r} is not valid; seed must be a non-negative integer")
+        if self.context > MAX_CONTEXT:
+            raise SpecError(f"context={self.context} is too long; at most {MAX_CONTEXT} tokens")
         if self.lr is not None:
             _positive("lr", self.lr)
         for name in ("warmup_frac", "min_lr_frac"):

@@ -1,8 +1,8 @@
 """``train(spec) -> RunResult``: train one small compressed transformer and report its final loss.
 
 A pure function of the spec (no Ray, no store). Bad input (an unknown format, an unreadable data
-file, a format that does not fit the model's shape) raises :class:`~bayes_epm.errors.InvalidInputError`
-before any training starts. After that nothing escapes: a NaN/inf loss ends the run as
+file, a CUDA device that is not there, a format that does not fit the model's shape) raises
+:class:`~bayes_epm.errors.InvalidInputError` from :func:`prepare`, before any training starts. After that nothing escapes: a NaN/inf loss ends the run as
 ``diverged`` (with the step), any other exception as ``failed`` (with the error), and the caller
 always gets a :class:`~bayes_epm.workers.spec.RunResult`.
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -69,24 +70,55 @@ def evaluate(model: GPT, data: TokenData, spec: TrainSpec, device: torch.device,
     return total / count
 
 
-def train(spec: TrainSpec, progress: Progress | None = None) -> RunResult:
+@dataclass
+class Prepared:
+    """A run checked and built, ready to train: everything that can be bad input has been checked."""
+
+    spec: TrainSpec
+    data: TokenData
+    device: torch.device
+    model: GPT
+    layers: list
+    base: dict  # the result fields known before training
+
+
+def prepare(spec: TrainSpec) -> Prepared:
+    """Check the spec against its data and device, build the model and compress it.
+
+    Raises :class:`~bayes_epm.errors.InvalidInputError` for bad input (unreadable or too short
+    data, a CUDA device that is not there, a format that does not fit the model's shape);
+    nothing has been trained when it does.
+    """
+    data = load_tokens(spec.data, spec.data_dtype)
+    eval_windows(data.val, spec.context, spec.eval_tokens)  # the held-out set must exist
+    device = resolve_device(spec.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SpecError(f"device {spec.device!r} was asked for, but torch sees no CUDA device (torch "
+                        f"{torch.__version__}, built {'with' if torch.version.cuda else 'without'} CUDA); "
+                        "use --device cpu or auto, or install a CUDA build of torch")
+    torch.manual_seed(spec.seed)
+    try:
+        model = GPT.for_params(spec.params, data.vocab_size, spec.context)
+    except RuntimeError as exc:  # e.g. not enough memory for the parameters
+        raise SpecError(f"cannot build a model of {spec.params:.3g} parameters, vocabulary "
+                        f"{data.vocab_size} and context {spec.context}: {exc}") from None
+    layers = compress_(model, spec.fmt)  # may raise CompressionError
+    return Prepared(spec, data, device, model, layers,
+                    _base_fields(spec, model.cfg, str(device), data.source, data.sha256))
+
+
+def train(spec: TrainSpec | Prepared, progress: Progress | None = None) -> RunResult:
     """Train the run described by ``spec``; see the module docstring for what can go wrong."""
     t0 = time.perf_counter()
-    data = load_tokens(spec.data, spec.data_dtype)
-    device = resolve_device(spec.device)
-    eval_windows(data.val, spec.context, spec.eval_tokens)  # the held-out set must exist: fail early
-    torch.manual_seed(spec.seed)
-    model = GPT.for_params(spec.params, data.vocab_size, spec.context)
-    fmt = spec.fmt
-    layers = compress_(model, fmt)  # may raise CompressionError: bad input, nothing trained
-    base = _base_fields(spec, model.cfg, str(device), data.source, data.sha256)
-    lr = base["lr"]
+    run = spec if isinstance(spec, Prepared) else prepare(spec)
+    state = {"step": 0}  # steps done, for the result of a run that fails part-way
     try:
-        return _run(spec, model, layers, data, device, lr, base, t0, progress)
+        return _run(run, t0, progress, state)
     except InvalidInputError:
         raise
     except Exception as exc:  # any failure during training becomes a stored 'failed' result
-        return _result(base, "failed", t0, tokens=0, error=f"{type(exc).__name__}: {exc}")
+        return _result(run.base, "failed", t0, tokens=state["step"] * run.spec.tokens_per_step,
+                       error=f"{type(exc).__name__}: {exc}")
 
 
 def _base_fields(spec: TrainSpec, cfg: GPTConfig, device: str, data_source: str, data_sha256: str) -> dict:
@@ -119,11 +151,9 @@ def _result(base: dict, status: str, t0: float, *, tokens: int, loss: float = ma
     )
 
 
-def _run(spec: TrainSpec, model: GPT, layers: list, data: TokenData, device: torch.device, lr: float,
-         base: dict, t0: float, progress: Progress | None) -> RunResult:
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {spec.device!r} was asked for, but torch sees no CUDA device "
-                           f"(torch {torch.__version__}, built {'with' if torch.version.cuda else 'without'} CUDA)")
+def _run(run: Prepared, t0: float, progress: Progress | None, state: dict) -> RunResult:
+    spec, data, device, model, base = run.spec, run.data, run.device, run.model, run.base
+    lr = base["lr"]
     model.to(device)
     if device.type == "cuda":
         def autocast():
@@ -131,7 +161,7 @@ def _run(spec: TrainSpec, model: GPT, layers: list, data: TokenData, device: tor
     else:
         autocast = contextlib.nullcontext
     steps = spec.steps
-    schedule = sparsity_schedule(layers, spec.fmt, steps)
+    schedule = sparsity_schedule(run.layers, spec.fmt, steps)
     opt = _optimizer(model, spec, lr, device)
     rng = np.random.default_rng(spec.seed)
     t_train = time.perf_counter()
@@ -154,6 +184,7 @@ def _run(spec: TrainSpec, model: GPT, layers: list, data: TokenData, device: tor
             torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        state["step"] = step + 1
         ema = loss_value if step == 0 else 0.95 * ema + 0.05 * loss_value
         if progress is not None:
             progress(step + 1, steps, loss_value)
