@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bayes_epm.errors import FormatError
-from bayes_epm.models.quantize import QUANTIZERS
+from bayes_epm.models.quantize import known_quantizers
 from bayes_epm.models.sparsity import PATTERNS, pattern_family
 
 FULL_BITS = 16  # "not quantized"
@@ -38,7 +38,7 @@ def grammar_help() -> str:
     """One line that says what a valid format name looks like."""
     return (
         "valid: 'dense' or [s<fraction>|<n>:<m>][-w<bits>[a<bits>][:<quantizer>]], e.g. s0.5, 2:4, "
-        f"w4, w4a4, s0.75-w4a8, 2:4-w4:absmax; bits 1-8 or 16; quantizers: {', '.join(sorted(QUANTIZERS))}; "
+        f"w4, w4a4, s0.75-w4a8, 2:4-w4:absmax; bits 1-8 or 16; quantizers: {', '.join(known_quantizers())}; "
         f"sparsity patterns: {', '.join(sorted(PATTERNS))}"
     )
 
@@ -77,9 +77,9 @@ class Format:
         self._validate_sparsity()
         if self.w_bits == FULL_BITS and self.a_bits == FULL_BITS:
             object.__setattr__(self, "quantizer", DEFAULT_QUANTIZER)  # irrelevant: nothing quantized
-        elif self.quantizer not in QUANTIZERS:
+        elif self.quantizer not in known_quantizers():
             raise FormatError(f"unknown quantizer {self.quantizer!r}; registered quantizers: "
-                              f"{', '.join(sorted(QUANTIZERS))}")
+                              f"{', '.join(known_quantizers())}")
 
     def _validate_sparsity(self) -> None:
         s = self.sparsity

@@ -40,6 +40,10 @@ import numpy as np
 import torch
 
 QUANTIZERS: dict[str, "Quantizer"] = {}
+# Quantizers known from published runs: usable in format names (to fit and query those runs) but
+# not trainable here. Each maps to a description and to the trainable quantizer whose forward
+# pass (and so whose error on Gaussian data) it matches.
+PUBLISHED_QUANTIZERS: dict[str, tuple[str, str]] = {}
 
 _EPS = 1e-12  # floor on a row's step, so that an all-zero row divides by no zero
 
@@ -62,6 +66,20 @@ _norm_cdf = np.vectorize(lambda x: 0.5 * math.erfc(-x / math.sqrt(2)))  # scipy.
 
 def _norm_pdf(x: np.ndarray) -> np.ndarray:
     return np.exp(-0.5 * np.square(x)) / math.sqrt(2 * math.pi)
+
+
+def register_published_quantizer(name: str, description: str, forward_like: str) -> None:
+    """Make ``name`` valid in format names for runs trained elsewhere (not trainable here)."""
+    if name in QUANTIZERS or name in PUBLISHED_QUANTIZERS:
+        raise KeyError(f"quantizer {name!r} is already registered")
+    if forward_like not in QUANTIZERS:
+        raise KeyError(f"forward_like={forward_like!r} is not a trainable quantizer ({', '.join(sorted(QUANTIZERS))})")
+    PUBLISHED_QUANTIZERS[name] = (description, forward_like)
+
+
+def known_quantizers() -> list[str]:
+    """Every quantizer name valid in a format: trainable and published-only."""
+    return sorted([*QUANTIZERS, *PUBLISHED_QUANTIZERS])
 
 
 def _gaussian_midrise_mse(step: float, bits: int) -> float:
@@ -193,3 +211,17 @@ class AbsmaxQuantizer(Quantizer):
             return q if mask is None else q * mask
         qmax = 2 ** (bits - 1) - 1
         return _fake_quantize_rows(x, amax / qmax, qmax, midrise=False)
+
+
+# QuEST (Panferov et al. 2025, arXiv 2502.05003; github.com/IST-DASLab/QuEST): every one of these
+# scales by the RMS and clips at the Gaussian-MSE-optimal point, as `rms` does; they differ in the
+# Hadamard rotation applied first (which leaves Gaussian data Gaussian) and in the backward pass.
+for _name, _text in {
+    "trust": "QuEST TrustQuantizer: RMS clipping, trust-masked straight-through gradient",
+    "clip": "QuEST ClipQuantizer: RMS clipping, clipped straight-through gradient",
+    "hadamard_trust": "QuEST HadamardTrustQuantizer: Hadamard rotation, then trust (the QuEST method)",
+    "half_hadamard_trust": "QuEST HalfHadamardTrustQuantizer: Hadamard on half the dimensions, then trust",
+    "hadamard_clip": "QuEST HadamardClipQuantizer: Hadamard rotation, then clip",
+    "half_hadamard_clip": "QuEST HalfHadamardClipQuantizer: Hadamard on half the dimensions, then clip",
+}.items():
+    register_published_quantizer(_name, _text, forward_like="rms")
