@@ -1,0 +1,161 @@
+"""The hierarchical Bayesian model of the scaling law and the EPM of every format (PyMC).
+
+Data: a canonical run table (:mod:`bayes_epm.runs`). The model, for run i in format c(i)::
+
+    log L_i ~ StudentT(nu, mu_i, sigma)
+    mu_i    = log_loss(log N_i - m_N, log D_i - m_D, log rho_c(i), a_c, b_c, e, alpha, beta)   (law.py)
+    log rho_c = sum over factors k of log rho_k[level_k(c)] + delta_c        (log rho_dense = 0)
+    log rho_k[l] = C_k log tanh(F_k log_{1/4} GMSE_l) + sigma_k z_l,   z_l ~ N(0, 1)
+    delta_c = tau z_c,   z_c ~ N(0, 1)
+
+Factors k: ``sparsity`` (levels such as ``s0.5``, ``2:4``), ``weights`` (``w4:rms``, ...) and
+``activations`` (``a4:rms``, ...). Each level is pooled towards its factor's capacity curve
+(Panferov et al. 2025, arXiv 2506.01863; see :mod:`bayes_epm.gmse`), so a level with few runs
+borrows strength and a level never run gets a prediction from its GMSE. tau, the interaction scale,
+says whether factorisation holds on the data. log N and log D are centred on the data's means
+(``a_c``, ``b_c`` are the log-coefficients at the centre); ``A = exp(a_c + alpha m_N)`` and
+``B = exp(b_c + beta m_D)`` are reported un-centred as deterministics.
+
+Priors (:class:`Priors`, every one overridable) are weakly informative on the scale of the
+problem; those of the curve come from the literature (F 0.41, C 1.39 for Llama on C4).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+import pymc as pm
+import pytensor.tensor as pt
+
+from bayes_epm.gmse import quantizer_gmse, sparsity_gmse
+from bayes_epm.law import log_loss
+from bayes_epm.models.formats import FULL_BITS, Format
+
+FACTORS = ("sparsity", "weights", "activations")
+
+
+def factor_levels(fmt: Format) -> dict[str, str]:
+    """The level of each factor that ``fmt`` uses (factors it does not use are absent)."""
+    levels = {}
+    if fmt.is_sparse:
+        levels["sparsity"] = fmt.pattern if fmt.pattern != "unstructured" else f"s{fmt.sparsity:g}"
+    if fmt.w_bits < FULL_BITS:
+        levels["weights"] = f"w{fmt.w_bits}:{fmt.quantizer}"
+    if fmt.a_bits < FULL_BITS:
+        levels["activations"] = f"a{fmt.a_bits}:{fmt.quantizer}"
+    return levels
+
+
+def level_gmse(factor: str, level: str) -> float:
+    """GMSE of one factor level (see :mod:`bayes_epm.gmse`)."""
+    if factor == "sparsity":
+        fmt = Format.parse(level)
+        return sparsity_gmse(fmt.sparsity, fmt.pattern)[0]
+    bits, quantizer = level[1:].split(":")
+    return quantizer_gmse(quantizer, int(bits))[0]
+
+
+@dataclass(frozen=True)
+class Priors:
+    """Prior hyper-parameters. Each ``*_mu``/``*_sigma`` pair is a Normal on the log scale unless noted.
+
+    alpha, beta: LogNormal(log 0.35, 0.5) -- the published exponents are 0.28-0.37.
+    e (log E): Normal centred 0.3 below log of the smallest loss in the data, sd 0.5.
+    a_c, b_c (log-coefficients at the data's centre): Normal(-1, 2): the reducible terms are
+    between about 0.01 and 3 nats there.
+    sigma (noise on log L): HalfNormal(0.05); nu (Student-t dof): Gamma(2, 0.1).
+    F_k, C_k: LogNormal around the literature values 0.41 and 1.39, sd 0.5 on the log scale.
+    sigma_k (level scatter around the curve): HalfNormal(0.1); tau (interaction): HalfNormal(0.05).
+    """
+
+    exponent_mu: float = math.log(0.35)
+    exponent_sigma: float = 0.5
+    e_offset: float = -0.3
+    e_sigma: float = 0.5
+    coef_mu: float = -1.0
+    coef_sigma: float = 2.0
+    noise_sigma: float = 0.05
+    F_mu: float = math.log(0.41)
+    C_mu: float = math.log(1.39)
+    curve_sigma: float = 0.5
+    level_sigma: float = 0.1
+    tau_sigma: float = 0.05
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ModelData:
+    """The run table as the model sees it (all arrays of length n_runs unless noted)."""
+
+    log_n: np.ndarray
+    log_d: np.ndarray
+    log_loss: np.ndarray
+    fmt_idx: np.ndarray  # index into formats, -1 for dense
+    formats: list[str]  # non-dense formats, in order
+    levels: dict[str, list[str]] = field(default_factory=dict)  # factor -> its levels
+    membership: dict[str, np.ndarray] = field(default_factory=dict)  # factor -> (n_formats,) level index or -1
+    m_n: float = 0.0
+    m_d: float = 0.0
+
+    @classmethod
+    def from_runs(cls, runs: pd.DataFrame) -> "ModelData":
+        formats = sorted(f for f in runs["format"].unique() if f != "dense")
+        index = {f: i for i, f in enumerate(formats)}
+        parsed = {f: factor_levels(Format.parse(f)) for f in formats}
+        levels = {k: sorted({lv[k] for lv in parsed.values() if k in lv}) for k in FACTORS}
+        membership = {k: np.array([levels[k].index(parsed[f][k]) if k in parsed[f] else -1 for f in formats],
+                                  dtype=np.int64) for k in FACTORS}
+        log_n = np.log(runs["params"].to_numpy(float))
+        log_d = np.log(runs["tokens"].to_numpy(float))
+        return cls(log_n=log_n, log_d=log_d, log_loss=np.log(runs["loss"].to_numpy(float)),
+                   fmt_idx=np.array([index.get(f, -1) for f in runs["format"]], dtype=np.int64),
+                   formats=formats, levels={k: v for k, v in levels.items() if v},
+                   membership={k: membership[k] for k in FACTORS if levels[k]},
+                   m_n=float(log_n.mean()), m_d=float(log_d.mean()))
+
+
+def build_model(runs: pd.DataFrame, priors: Priors | None = None) -> pm.Model:
+    """The PyMC model of a canonical run table (see the module docstring)."""
+    priors = priors or Priors()
+    data = ModelData.from_runs(runs)
+    coords = {"run": np.arange(len(data.log_loss)), "fmt": data.formats}
+    coords.update({f"{k}_level": v for k, v in data.levels.items()})
+    with pm.Model(coords=coords) as model:
+        alpha = pm.LogNormal("alpha", priors.exponent_mu, priors.exponent_sigma)
+        beta = pm.LogNormal("beta", priors.exponent_mu, priors.exponent_sigma)
+        e = pm.Normal("e", float(data.log_loss.min()) + priors.e_offset, priors.e_sigma)
+        a_c = pm.Normal("a_c", priors.coef_mu, priors.coef_sigma)
+        b_c = pm.Normal("b_c", priors.coef_mu, priors.coef_sigma)
+        pm.Deterministic("E", pt.exp(e))
+        pm.Deterministic("A", pt.exp(a_c + alpha * data.m_n))
+        pm.Deterministic("B", pt.exp(b_c + beta * data.m_d))
+        sigma = pm.HalfNormal("sigma", priors.noise_sigma)
+        nu = pm.Gamma("nu", 2.0, 0.1)
+
+        log_rho_fmt = pt.zeros(len(data.formats))
+        for k, levels in data.levels.items():
+            F = pm.LogNormal(f"F_{k}", priors.F_mu, priors.curve_sigma)
+            C = pm.LogNormal(f"C_{k}", priors.C_mu, priors.curve_sigma)
+            scatter = pm.HalfNormal(f"sigma_{k}", priors.level_sigma)
+            log_gmse = np.log([level_gmse(k, lv) for lv in levels])
+            curve = C * pt.log(pt.tanh(F * log_gmse / math.log(0.25)))
+            z = pm.Normal(f"z_{k}", 0.0, 1.0, dims=f"{k}_level")
+            log_rho_level = pm.Deterministic(f"log_rho_{k}", curve + scatter * z, dims=f"{k}_level")
+            member = data.membership[k]
+            padded = pt.concatenate([log_rho_level, pt.zeros(1)])  # index -1: factor unused
+            log_rho_fmt = log_rho_fmt + padded[member]
+        if data.formats:
+            tau = pm.HalfNormal("tau", priors.tau_sigma)
+            z_fmt = pm.Normal("z_fmt", 0.0, 1.0, dims="fmt")
+            log_rho_fmt = pm.Deterministic("log_rho", log_rho_fmt + tau * z_fmt, dims="fmt")
+            pm.Deterministic("epm", pt.exp(log_rho_fmt), dims="fmt")
+        log_rho_run = pt.concatenate([log_rho_fmt, pt.zeros(1)])[data.fmt_idx]  # dense: log rho = 0
+        mu = log_loss(data.log_n - data.m_n, data.log_d - data.m_d, log_rho_run, a_c, b_c, e, alpha, beta,
+                      logaddexp=pt.logaddexp)
+        pm.StudentT("log_loss", nu=nu, mu=mu, sigma=sigma, observed=data.log_loss, dims="run")
+    return model
