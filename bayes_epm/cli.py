@@ -36,11 +36,6 @@ app = typer.Typer(
 )
 
 
-@app.callback()
-def _root() -> None:
-    """Keeps ``train`` a sub-command while it is the only one."""
-
-
 def _format_from_options(fmt: str | None, sparsity: float | None, pattern: str | None,
                          w_bits: int | None, a_bits: int | None, quantizer: str | None) -> str:
     from bayes_epm.models.formats import FULL_BITS, Format
@@ -131,6 +126,145 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
     return value
+
+
+def _load_runs_arg(runs: str):
+    """A run-table path, or ``published:NAME`` for a shipped table."""
+    from bayes_epm.published import load_published
+    from bayes_epm.runs import load_runs
+
+    if runs.startswith("published:"):
+        table, skipped = load_published(runs.split(":", 1)[1])
+        for _, row in skipped.iterrows():
+            print(f"bayes-epm: skipped a run of {runs}: {row['reason']}", file=sys.stderr)
+        return table
+    return load_runs(runs)
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(_json_safe(obj)))
+
+
+def _interval_text(d: dict) -> str:
+    key = next(k for k in d if k.startswith("hdi_"))
+    lo, hi = d[key]
+    return f"{d['mean']:.4g} (sd {d['sd']:.2g}, {key.replace('hdi_', '')}% HDI {lo:.4g} - {hi:.4g})"
+
+
+@app.command()
+def fit(
+    runs: Annotated[str, typer.Argument(help="Run table (CSV/Parquet), or published:chinchilla|sparse_t5|quest.")],
+    out: Annotated[str, typer.Option(help="Directory for the posterior (posterior.nc, runs.csv, fit.json).")] = "fit",
+    draws: Annotated[int, typer.Option(help="Draws per chain after tuning.")] = 1000,
+    tune: Annotated[int, typer.Option(help="Tuning steps per chain.")] = 1000,
+    chains: Annotated[int, typer.Option(help="Chains (run in parallel up to the number of CPUs).")] = 4,
+    seed: Annotated[int, typer.Option(help="Sampler seed.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else.")] = False,
+) -> int:
+    """Fit the hierarchical scaling law to a run table: the law and the EPM of every format."""
+    for name, value in (("draws", draws), ("tune", tune), ("chains", chains)):
+        if value < 1:
+            raise SpecError(f"--{name}={value} is not valid; it must be a positive integer")
+    table = _load_runs_arg(runs)
+    from bayes_epm.inference import fit as run_fit
+    from bayes_epm.model import Priors
+    from bayes_epm.posterior_store import save_fit
+    from bayes_epm.queries import epm, law_summary
+
+    priors = Priors()
+    idata, diag = run_fit(table, draws=draws, tune=tune, chains=chains, seed=seed, priors=priors,
+                          progressbar=not as_json)
+    path = save_fit(out, idata, table, diag, priors, {"draws": draws, "tune": tune, "chains": chains, "seed": seed})
+    formats = sorted(f for f in table["format"].unique() if f != "dense")
+    result = {"law": law_summary(idata), "epm": {f: {k: v for k, v in epm(idata, f).items() if k != "format"}
+                                                 for f in formats},
+              "diagnostics": diag.to_dict(), "posterior": str(path)}
+    if as_json:
+        _print_json(result)
+    else:
+        console = Console()
+        table_out = Table(title=f"{len(table)} runs, {len(formats)} compressed formats", title_justify="left")
+        table_out.add_column("quantity")
+        table_out.add_column("posterior (mean, sd, 90% HDI)")
+        for k, v in result["law"].items():
+            table_out.add_row(k, _interval_text(v))
+        for f, v in result["epm"].items():
+            table_out.add_row(f"EPM {f}", _interval_text(v))
+        console.print(table_out)
+        verdict = "converged" if diag.converged else "NOT CONVERGED: " + "; ".join(diag.problems())
+        console.print(f"diagnostics: max r-hat {diag.r_hat_max:.3f}, min bulk ESS {diag.ess_bulk_min:.0f}, "
+                      f"divergences {diag.divergences}, {diag.chains} chains x {diag.draws} draws, "
+                      f"{diag.sampling_s:.1f} s: [{'green' if diag.converged else 'bold red'}]{verdict}[/]")
+        console.print(f"posterior saved to {path}")
+    if not diag.converged:
+        print(f"bayes-epm: warning: the fit did not converge ({'; '.join(diag.problems())}); "
+              "its numbers are not to be trusted", file=sys.stderr)
+    return 0 if diag.converged else EXIT_FAILED
+
+
+@app.command("epm")
+def epm_cmd(
+    posterior: Annotated[str, typer.Argument(help="Directory written by `bayes-epm fit`.")],
+    format: Annotated[str, typer.Option("--format", "-f", help="Any format, trained or not.")],
+    hdi: Annotated[float, typer.Option(help="HDI probability.")] = 0.9,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> int:
+    """Posterior EPM of a format (predicted from its factors when it was never trained)."""
+    from bayes_epm.posterior_store import load_fit
+    from bayes_epm.queries import epm
+
+    saved = load_fit(posterior)
+    result = epm(saved.idata, format, hdi, saved.priors)
+    if as_json:
+        _print_json(result)
+    else:
+        kind = "observed" if result["observed"] else "predicted from its factors (never trained)"
+        print(f"EPM of {result['format']}: {_interval_text(result)}; {kind}")
+    return 0
+
+
+@app.command()
+def compare(
+    posterior: Annotated[str, typer.Argument(help="Directory written by `bayes-epm fit`.")],
+    a: Annotated[str, typer.Argument(help="First format.")],
+    b: Annotated[str, typer.Argument(help="Second format.")],
+    hdi: Annotated[float, typer.Option(help="HDI probability.")] = 0.9,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> int:
+    """Probability that format A's EPM exceeds format B's, and the HDI of the difference."""
+    from bayes_epm.posterior_store import load_fit
+    from bayes_epm.queries import compare as run_compare
+
+    saved = load_fit(posterior)
+    result = run_compare(saved.idata, a, b, hdi, saved.priors)
+    if as_json:
+        _print_json(result)
+    else:
+        print(f"P(EPM {result['a']} > EPM {result['b']}) = {result['p_a_greater']:.3f}; "
+              f"difference {_interval_text(result['difference'])}")
+    return 0
+
+
+@app.command()
+def predict(
+    posterior: Annotated[str, typer.Argument(help="Directory written by `bayes-epm fit`.")],
+    params: Annotated[float, typer.Option(help="Parameter count N.")],
+    tokens: Annotated[float, typer.Option(help="Training tokens D.")],
+    format: Annotated[str, typer.Option("--format", "-f", help="Format.")] = "dense",
+    hdi: Annotated[float, typer.Option(help="HDI probability.")] = 0.9,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> int:
+    """Predicted loss of a run, with its HDI."""
+    from bayes_epm.posterior_store import load_fit
+    from bayes_epm.queries import predict as run_predict
+
+    saved = load_fit(posterior)
+    result = run_predict(saved.idata, params, tokens, format, hdi, saved.priors)
+    if as_json:
+        _print_json(result)
+    else:
+        print(f"loss of {result['format']} at N={params:.3g}, D={tokens:.3g}: {_interval_text(result['loss'])}")
+    return 0
 
 
 def _fail(message: str) -> None:

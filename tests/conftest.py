@@ -23,3 +23,22 @@ def ray_local():
 def tiny_spec_kw():
     """Arguments of a training run that takes about a second on a CPU."""
     return dict(params=2e4, tokens=2e4, batch_size=8, context=64, eval_tokens=4096)
+
+
+@pytest.fixture(scope="session")
+def fitted(tmp_path_factory):
+    """One posterior of simulated runs with a known truth, shared by the inference and query tests."""
+    import numpy as np
+
+    from bayes_epm.inference import fit
+    from bayes_epm.model import Priors
+    from bayes_epm.posterior_store import save_fit
+    from bayes_epm.simulate import Truth, simulate_runs
+
+    truth = Truth(epm={"dense": 1.0, "s0.5": 0.80, "w4a4": 0.75, "s0.5-w4a4": 0.60, "w4": 0.90})
+    runs = simulate_runs(truth, list(np.geomspace(1e7, 1e9, 4)), [10, 20, 40, 80], list(truth.epm),
+                         np.random.default_rng(0))
+    idata, diag = fit(runs, draws=1000, tune=600, chains=2, seed=3)
+    out = tmp_path_factory.mktemp("fit")
+    save_fit(out, idata, runs, diag, Priors(), {"draws": 1000, "tune": 600, "chains": 2, "seed": 3})
+    return {"truth": truth, "runs": runs, "idata": idata, "diagnostics": diag, "dir": out}

@@ -3,17 +3,16 @@
 import numpy as np
 import pytest
 
-from bayes_epm.inference import fit
-from bayes_epm.simulate import Truth, simulate_runs
-
-TRUTH = Truth(epm={"dense": 1.0, "s0.5": 0.80, "w4a4": 0.75, "s0.5-w4a4": 0.60, "w4": 0.90})
 
 
 @pytest.fixture(scope="module")
-def posterior():
-    runs = simulate_runs(TRUTH, list(np.geomspace(1e7, 1e9, 4)), [10, 20, 40, 80], list(TRUTH.epm),
-                         np.random.default_rng(0))
-    return fit(runs, draws=1000, tune=600, chains=2, seed=3)
+def posterior(fitted):
+    return fitted["idata"], fitted["diagnostics"]
+
+
+@pytest.fixture(scope="module")
+def TRUTH(fitted):
+    return fitted["truth"]
 
 
 def _hdi(draws, prob=0.9):
@@ -30,7 +29,7 @@ def test_sampler_is_healthy(posterior):
     assert diag.converged and diag.problems() == []
 
 
-def test_law_and_epms_are_recovered(posterior):
+def test_law_and_epms_are_recovered(posterior, TRUTH):
     idata, _ = posterior
     post = idata.posterior
     for name in ("alpha", "beta", "E"):

@@ -78,7 +78,7 @@ class TrainSpec:
     batch_size: int = 16
     context: int = 128
     lr: float | None = None
-    warmup_frac: float = 0.05
+    warmup_frac: float = 0.1
     min_lr_frac: float = 0.1
     weight_decay: float = 0.1
     grad_clip: float = 1.0

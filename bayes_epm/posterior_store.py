@@ -1,0 +1,64 @@
+"""A fitted posterior on disk: a directory holding
+
+- ``posterior.nc``: the arviz InferenceData (NetCDF),
+- ``runs.csv``: the canonical run table it was fitted to,
+- ``fit.json``: diagnostics, priors, sampler settings and the package version.
+
+Files are written to a temporary name and renamed, so a reader never sees half a fit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import arviz as az
+import pandas as pd
+
+from bayes_epm import __version__
+from bayes_epm.errors import InvalidInputError
+from bayes_epm.inference import Diagnostics
+from bayes_epm.model import Priors
+
+POSTERIOR, RUNS, META = "posterior.nc", "runs.csv", "fit.json"
+
+
+@dataclass
+class SavedFit:
+    idata: az.InferenceData
+    runs: pd.DataFrame
+    diagnostics: Diagnostics
+    priors: Priors
+    meta: dict
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_fit(out: str | Path, idata: az.InferenceData, runs: pd.DataFrame, diagnostics: Diagnostics,
+             priors: Priors, settings: dict) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic(out / RUNS, lambda p: runs.to_csv(p, index=False))
+    _atomic(out / POSTERIOR, lambda p: idata.to_netcdf(str(p)))
+    meta = {"version": __version__, "diagnostics": diagnostics.to_dict(), "priors": priors.to_dict(),
+            "settings": settings}
+    _atomic(out / META, lambda p: p.write_text(json.dumps(meta, indent=2)))
+    return out / POSTERIOR
+
+
+def load_fit(path: str | Path) -> SavedFit:
+    path = Path(path)
+    missing = [name for name in (POSTERIOR, RUNS, META) if not (path / name).is_file()]
+    if not path.is_dir() or missing:
+        raise InvalidInputError(f"no fitted posterior in {str(path)!r} (expected {', '.join((POSTERIOR, RUNS, META))}"
+                                f"{'; missing ' + ', '.join(missing) if path.is_dir() else ''}); "
+                                "run `bayes-epm fit RUNS --out DIR` first")
+    meta = json.loads((path / META).read_text())
+    return SavedFit(idata=az.from_netcdf(str(path / POSTERIOR)), runs=pd.read_csv(path / RUNS),
+                    diagnostics=Diagnostics(**meta["diagnostics"]), priors=Priors(**meta["priors"]), meta=meta)

@@ -1,0 +1,126 @@
+"""Posterior queries: the EPM of any format (trained or not), comparisons, predicted loss.
+
+A format that was fitted is read from the posterior directly. One that was not is built from
+its factors, as the model defines it: each factor level that was fitted contributes its
+posterior; a level never seen is drawn around its factor's capacity curve at its GMSE
+(``C_k log tanh(F_k log_{1/4} GMSE) + sigma_k z``); a factor with no data at all takes its curve
+parameters from the prior; and the interaction ``delta ~ N(0, tau)`` is drawn fresh. Every
+random draw is seeded, so a query answers the same way twice.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import arviz as az
+import numpy as np
+
+from bayes_epm.errors import InvalidInputError
+from bayes_epm.gmse import log_capacity
+from bayes_epm.law import log_loss
+from bayes_epm.model import Priors, factor_levels, level_gmse
+from bayes_epm.models.formats import Format
+
+
+@dataclass(frozen=True)
+class Interval:
+    mean: float
+    sd: float
+    lo: float
+    hi: float
+    prob: float
+
+    def to_dict(self) -> dict:
+        key = f"hdi_{round(self.prob * 100):g}"
+        return {"mean": self.mean, "sd": self.sd, key: [self.lo, self.hi]}
+
+
+def summarize(draws: np.ndarray, prob: float = 0.9) -> Interval:
+    """Mean, sd and highest-density interval of a 1-D array of draws."""
+    if not 0 < prob < 1:
+        raise InvalidInputError(f"hdi={prob!r} is not valid; it must be a probability in (0, 1)")
+    flat = np.asarray(draws, dtype=float).ravel()
+    lo, hi = az.hdi(flat, hdi_prob=prob)
+    return Interval(float(flat.mean()), float(flat.std()), float(lo), float(hi), prob)
+
+
+def _flat(idata: az.InferenceData, name: str, **sel) -> np.ndarray:
+    var = idata.posterior[name]
+    if sel:
+        var = var.sel(**sel)
+    return var.values.reshape(-1)
+
+
+def _n_draws(idata: az.InferenceData) -> int:
+    post = idata.posterior
+    return int(post.sizes["chain"] * post.sizes["draw"])
+
+
+def _prior_lognormal(rng: np.random.Generator, mu: float, sigma: float, n: int) -> np.ndarray:
+    return np.exp(rng.normal(mu, sigma, n))
+
+
+def epm_draws(idata: az.InferenceData, fmt: str | Format, priors: Priors | None = None,
+              seed: int = 0) -> tuple[np.ndarray, bool]:
+    """Posterior draws of the EPM of ``fmt`` (flattened over chains) and whether it was observed."""
+    fmt = Format.parse(fmt)
+    n = _n_draws(idata)
+    if fmt.is_dense:
+        return np.ones(n), True
+    post = idata.posterior
+    if "fmt" in post.coords and fmt.name in post.coords["fmt"].values:
+        return _flat(idata, "epm", fmt=fmt.name), True
+    priors = priors or Priors()
+    rng = np.random.default_rng(seed)
+    log_rho = np.zeros(n)
+    for factor, level in factor_levels(fmt).items():
+        coord = f"{factor}_level"
+        if coord in post.coords and level in post.coords[coord].values:
+            log_rho += _flat(idata, f"log_rho_{factor}", **{coord: level})
+            continue
+        if f"F_{factor}" in post:
+            F, C, scatter = (_flat(idata, f"{p}_{factor}") for p in ("F", "C", "sigma"))
+        else:  # no run of this factor at all: its curve comes from the prior
+            F = _prior_lognormal(rng, priors.F_mu, priors.curve_sigma, n)
+            C = _prior_lognormal(rng, priors.C_mu, priors.curve_sigma, n)
+            scatter = np.abs(rng.normal(0.0, priors.level_sigma, n))
+        log_rho += log_capacity(math.log(level_gmse(factor, level)), F, C) + scatter * rng.standard_normal(n)
+    tau = _flat(idata, "tau") if "tau" in post else np.abs(rng.normal(0.0, priors.tau_sigma, n))
+    log_rho += tau * rng.standard_normal(n)
+    return np.exp(log_rho), False
+
+
+def epm(idata: az.InferenceData, fmt: str | Format, hdi: float = 0.9, priors: Priors | None = None) -> dict:
+    """``{"format", "mean", "sd", "hdi_<p>", "observed"}`` for one format."""
+    draws, observed = epm_draws(idata, fmt, priors)
+    return {"format": Format.parse(fmt).name, **summarize(draws, hdi).to_dict(), "observed": observed}
+
+
+def compare(idata: az.InferenceData, a: str | Format, b: str | Format, hdi: float = 0.9,
+            priors: Priors | None = None) -> dict:
+    """P(EPM of ``a`` > EPM of ``b``) and the HDI of the difference ``EPM_a - EPM_b``."""
+    da, obs_a = epm_draws(idata, a, priors, seed=0)
+    db, obs_b = epm_draws(idata, b, priors, seed=1)
+    diff = da - db
+    return {"a": Format.parse(a).name, "b": Format.parse(b).name, "p_a_greater": float((diff > 0).mean()),
+            "difference": summarize(diff, hdi).to_dict(), "observed": {"a": obs_a, "b": obs_b}}
+
+
+def predict(idata: az.InferenceData, params: float, tokens: float, fmt: str | Format, hdi: float = 0.9,
+            priors: Priors | None = None) -> dict:
+    """Expected loss of a run of ``params`` and ``tokens`` in ``fmt``, with its HDI."""
+    for name, v in (("params", params), ("tokens", tokens)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise InvalidInputError(f"{name}={v!r} is not valid; it must be a finite number > 0")
+    rho, observed = epm_draws(idata, fmt, priors)
+    law = {k: _flat(idata, k) for k in ("A", "B", "E", "alpha", "beta")}
+    log_l = log_loss(math.log(params), math.log(tokens), np.log(rho), np.log(law["A"]), np.log(law["B"]),
+                     np.log(law["E"]), law["alpha"], law["beta"])
+    return {"format": Format.parse(fmt).name, "params": params, "tokens": tokens,
+            "loss": summarize(np.exp(log_l), hdi).to_dict(), "observed": observed}
+
+
+def law_summary(idata: az.InferenceData, hdi: float = 0.9) -> dict:
+    """Mean, sd and HDI of E, A, B, alpha, beta (A and B un-centred)."""
+    return {k: summarize(_flat(idata, k), hdi).to_dict() for k in ("E", "A", "B", "alpha", "beta")}
