@@ -32,6 +32,15 @@ def peak_lr(d_model: int) -> float:
     return min(1e-2, 3e-3 * math.sqrt(256 / d_model))
 
 
+def _strict_from_dict(cls: type, d: dict[str, Any], what: str) -> Any:
+    """``cls(**d)``, refusing keys the dataclass does not have (a typo must not pass unnoticed)."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise SpecError(f"unknown {what} keys {unknown}; valid keys: {sorted(known)}")
+    return cls(**d)
+
+
 def _positive(name: str, value: Any, integer: bool = False) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
     if ok and integer:
@@ -140,11 +149,7 @@ class TrainSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainSpec":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise SpecError(f"unknown spec keys {unknown}; valid keys: {sorted(known)}")
-        return cls(**d)
+        return _strict_from_dict(cls, d, "spec")
 
 
 @dataclass(frozen=True)
@@ -198,8 +203,4 @@ class RunResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunResult":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise SpecError(f"unknown result keys {unknown}; valid keys: {sorted(known)}")
-        return cls(**d)
+        return _strict_from_dict(cls, d, "result")
