@@ -202,6 +202,18 @@ def fit(
     return 0 if diag.converged else EXIT_FAILED
 
 
+def _answer(posterior: str, query, text, as_json: bool) -> int:
+    """Load a saved fit, run one query on it, print the result as JSON or as one line of text."""
+    from bayes_epm.posterior_store import load_fit
+
+    result = query(load_fit(posterior))
+    if as_json:
+        _print_json(result)
+    else:
+        print(text(result))
+    return 0
+
+
 @app.command("epm")
 def epm_cmd(
     posterior: Annotated[str, typer.Argument(help="Directory written by `bayes-epm fit`.")],
@@ -210,17 +222,13 @@ def epm_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> int:
     """Posterior EPM of a format (predicted from its factors when it was never trained)."""
-    from bayes_epm.posterior_store import load_fit
     from bayes_epm.queries import epm
 
-    saved = load_fit(posterior)
-    result = epm(saved.idata, format, hdi, saved.priors)
-    if as_json:
-        _print_json(result)
-    else:
-        kind = "observed" if result["observed"] else "predicted from its factors (never trained)"
-        print(f"EPM of {result['format']}: {_interval_text(result)}; {kind}")
-    return 0
+    def text(r: dict) -> str:
+        kind = "observed" if r["observed"] else "predicted from its factors (never trained)"
+        return f"EPM of {r['format']}: {_interval_text(r)}; {kind}"
+
+    return _answer(posterior, lambda saved: epm(saved.idata, format, hdi, saved.priors), text, as_json)
 
 
 @app.command()
@@ -232,17 +240,11 @@ def compare(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> int:
     """Probability that format A's EPM exceeds format B's, and the HDI of the difference."""
-    from bayes_epm.posterior_store import load_fit
     from bayes_epm.queries import compare as run_compare
 
-    saved = load_fit(posterior)
-    result = run_compare(saved.idata, a, b, hdi, saved.priors)
-    if as_json:
-        _print_json(result)
-    else:
-        print(f"P(EPM {result['a']} > EPM {result['b']}) = {result['p_a_greater']:.3f}; "
-              f"difference {_interval_text(result['difference'])}")
-    return 0
+    return _answer(posterior, lambda saved: run_compare(saved.idata, a, b, hdi, saved.priors),
+                   lambda r: f"P(EPM {r['a']} > EPM {r['b']}) = {r['p_a_greater']:.3f}; "
+                             f"difference {_interval_text(r['difference'])}", as_json)
 
 
 @app.command()
@@ -255,16 +257,11 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> int:
     """Predicted loss of a run, with its HDI."""
-    from bayes_epm.posterior_store import load_fit
     from bayes_epm.queries import predict as run_predict
 
-    saved = load_fit(posterior)
-    result = run_predict(saved.idata, params, tokens, format, hdi, saved.priors)
-    if as_json:
-        _print_json(result)
-    else:
-        print(f"loss of {result['format']} at N={params:.3g}, D={tokens:.3g}: {_interval_text(result['loss'])}")
-    return 0
+    return _answer(posterior, lambda saved: run_predict(saved.idata, params, tokens, format, hdi, saved.priors),
+                   lambda r: f"loss of {r['format']} at N={params:.3g}, D={tokens:.3g}: "
+                             f"{_interval_text(r['loss'])}", as_json)
 
 
 def _fail(message: str) -> None:
