@@ -2,8 +2,11 @@
 
 Chains run in parallel on CPU: JAX must be told how many host devices to expose before it is
 first imported, which :func:`_host_devices` does (through ``XLA_FLAGS``) when this module is
-imported first; if JAX was imported earlier with one device, NumPyro runs the chains one after
-another (correct, slower), and the fit says so in ``chain_method``.
+imported first. It exposes ``max(cores, 8)`` devices: more devices than cores is deliberate --
+on the 240-run Chinchilla table, 4 chains x 2000 iterations on 2 cores took 24 s as 4 parallel
+devices against 56 s sequential and 53 s vectorized (one run each, same seed). If JAX was
+imported earlier with fewer devices than chains, NumPyro runs the chains one after another
+(correct, slower), and the fit says so in ``chain_method``.
 
 A fit is *converged* when max r-hat <= 1.01, min bulk and tail ESS >= 400 and there is no
 divergence; the diagnostics are always computed and returned, never hidden.
@@ -17,10 +20,13 @@ import time
 from dataclasses import asdict, dataclass
 
 
+MIN_HOST_DEVICES = 8
+
+
 def _host_devices() -> None:
     if "jax" in sys.modules:
         return
-    n = os.cpu_count() or 1
+    n = max(os.cpu_count() or 1, MIN_HOST_DEVICES)
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
@@ -88,9 +94,16 @@ def diagnose(idata: az.InferenceData, var_names: list[str], sampling_s: float, c
 
 
 def fit(runs: pd.DataFrame, *, draws: int = 1000, tune: int = 1000, chains: int = 4, seed: int = 0,
-        target_accept: float = 0.9, priors: Priors | None = None, progressbar: bool = False
-        ) -> tuple[az.InferenceData, Diagnostics]:
-    """Sample the posterior of the model of ``runs``; returns the InferenceData and its diagnostics."""
+        target_accept: float = 0.9, dense_mass: bool = False, priors: Priors | None = None,
+        progressbar: bool = False) -> tuple[az.InferenceData, Diagnostics]:
+    """Sample the posterior of the model of ``runs``; returns the InferenceData and its diagnostics.
+
+    ``dense_mass=True`` adapts a full mass matrix instead of a diagonal one. It helps where the
+    posterior is a linear ridge and hurts where it is curved (measured, 4 chains x 1000 draws, 2
+    cores): Chinchilla min bulk ESS 3795 dense against 1579 diagonal; QuEST 674 against 581; sparse
+    T5 (three token budgets: B and beta form a banana) 5 divergences and tail ESS 55 dense against
+    none and 1357 diagonal. The default is diagonal, which converges on all three tables.
+    """
     model = build_model(runs, priors)
     method = _chain_method(chains)
     t0 = time.perf_counter()
@@ -98,7 +111,7 @@ def fit(runs: pd.DataFrame, *, draws: int = 1000, tune: int = 1000, chains: int 
         idata = pm.sample(
             draws=draws, tune=tune, chains=chains, random_seed=seed, nuts_sampler="numpyro",
             target_accept=target_accept, progressbar=progressbar,
-            nuts_sampler_kwargs={"chain_method": method},
+            nuts_sampler_kwargs={"chain_method": method, "nuts_kwargs": {"dense_mass": dense_mass}},
         )
     free = [rv.name for rv in model.free_RVs]
     return idata, diagnose(idata, free, time.perf_counter() - t0, method)

@@ -3,8 +3,9 @@
 A format that was fitted is read from the posterior directly. One that was not is built from
 its factors, as the model defines it: each factor level that was fitted contributes its
 posterior; a level never seen is drawn around its factor's capacity curve at its GMSE
-(``C_k log tanh(F_k log_{1/4} GMSE) + sigma_k z``); a factor with no data at all takes its curve
-parameters from the prior; and the interaction ``delta ~ N(0, tau)`` is drawn fresh. Every
+(``C_k log tanh(F_k e^gamma_q log_{1/4} GMSE) + sigma_k z``, with the quantizer's posterior
+``gamma_q`` if it was fitted, else one drawn from its prior); a factor with no data at all takes
+its curve parameters from the prior; and the interaction ``delta ~ N(0, tau)`` is drawn fresh. Every
 random draw is seeded, so a query answers the same way twice.
 """
 
@@ -19,7 +20,7 @@ import numpy as np
 from bayes_epm.errors import InvalidInputError
 from bayes_epm.gmse import log_capacity
 from bayes_epm.law import log_loss
-from bayes_epm.model import Priors, factor_levels, level_gmse
+from bayes_epm.model import QUANTIZED, Priors, factor_levels, level_gmse, level_quantizer
 from bayes_epm.models.formats import Format
 
 
@@ -61,6 +62,24 @@ def _prior_lognormal(rng: np.random.Generator, mu: float, sigma: float, n: int) 
     return np.exp(rng.normal(mu, sigma, n))
 
 
+def _fitted_quantizers(idata: az.InferenceData) -> set[str]:
+    post = idata.posterior
+    return {level_quantizer(str(lv)) for k in QUANTIZED if f"{k}_level" in post.coords
+            for lv in post.coords[f"{k}_level"].values}
+
+
+def _quantizer_gamma(idata: az.InferenceData, quantizer: str, priors: Priors,
+                     rng: np.random.Generator) -> np.ndarray | float:
+    """Draws of a quantizer's log-scale on F: its posterior if fitted (0 when it was the only
+    one: the zero-sum constraint), else a fresh draw from the prior."""
+    post = idata.posterior
+    if "quantizer" in post.coords and quantizer in post.coords["quantizer"].values:
+        return _flat(idata, "gamma", quantizer=quantizer)
+    if quantizer in _fitted_quantizers(idata) and "quantizer" not in post.coords:
+        return 0.0
+    return rng.normal(0.0, priors.quantizer_sigma, _n_draws(idata))
+
+
 def epm_draws(idata: az.InferenceData, fmt: str | Format, priors: Priors | None = None,
               seed: int = 0) -> tuple[np.ndarray, bool]:
     """Posterior draws of the EPM of ``fmt`` (flattened over chains) and whether it was observed."""
@@ -85,6 +104,8 @@ def epm_draws(idata: az.InferenceData, fmt: str | Format, priors: Priors | None 
             F = _prior_lognormal(rng, priors.F_mu, priors.curve_sigma, n)
             C = _prior_lognormal(rng, priors.C_mu, priors.curve_sigma, n)
             scatter = np.abs(rng.normal(0.0, priors.level_sigma, n))
+        if factor in QUANTIZED:
+            F = F * np.exp(_quantizer_gamma(idata, level_quantizer(level), priors, rng))
         log_rho += log_capacity(math.log(level_gmse(factor, level)), F, C) + scatter * rng.standard_normal(n)
     tau = _flat(idata, "tau") if "tau" in post else np.abs(rng.normal(0.0, priors.tau_sigma, n))
     log_rho += tau * rng.standard_normal(n)

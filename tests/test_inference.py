@@ -53,3 +53,57 @@ def test_diagnostics_flag_a_bad_fit():
                       converged=False, sampling_s=1.0, chain_method="parallel")
     text = "; ".join(bad.problems())
     assert "r-hat 1.050" in text and "bulk ESS 50" in text and "3 divergent" in text
+
+
+def _table(formats):
+    import pandas as pd
+
+    return pd.DataFrame({"params": 1e8, "tokens": 1e9, "loss": 3.0, "format": ["dense", *formats]})
+
+
+def test_quantizer_scales_only_with_two_or_more_quantizers():
+    from bayes_epm.model import build_model
+
+    one = build_model(_table(["w4", "w4a4"]))
+    assert "gamma" not in one.named_vars and "quantizer" not in one.coords
+    two = build_model(_table(["w4", "w4a4:absmax", "s0.5"]))
+    assert list(two.coords["quantizer"]) == ["absmax", "rms"]
+    assert type(two["gamma"].owner.op).__name__ == "ZeroSumNormalRV"
+
+
+def test_unseen_quantizer_is_less_certain_than_a_seen_one(fitted):
+    from bayes_epm.queries import epm
+
+    seen, unseen = epm(fitted["idata"], "w3"), epm(fitted["idata"], "w3:absmax")
+    assert not seen["observed"] and not unseen["observed"]
+    assert unseen["sd"] > 1.2 * seen["sd"]  # the unseen quantizer's scale comes from its prior
+
+
+def test_quantizer_effect_is_recovered():
+    """Two quantizers whose curves differ (F scaled by e^0.25 and e^-0.25): the posterior orders
+    them, and a bit width never trained is predicted lower for the worse quantizer."""
+    import math
+
+    from bayes_epm.gmse import log_capacity
+    from bayes_epm.inference import fit
+    from bayes_epm.model import factor_levels, level_gmse
+    from bayes_epm.models.formats import Format
+    from bayes_epm.queries import compare
+    from bayes_epm.simulate import Truth, simulate_runs
+
+    gamma = {"rms": 0.25, "absmax": -0.25}
+
+    def rho(name):
+        return math.exp(sum(float(log_capacity(math.log(level_gmse(k, lv)), 0.41 * math.exp(gamma[lv.split(":")[1]]),
+                                               1.39)) for k, lv in factor_levels(Format.parse(name)).items()))
+
+    formats = ["w2", "w4", "w2a4", "w2:absmax", "w4:absmax", "w2a4:absmax"]
+    truth = Truth(noise_sd=0.005, epm={"dense": 1.0, **{f: rho(f) for f in formats}})
+    runs = simulate_runs(truth, list(np.geomspace(1e7, 1e9, 3)), [10, 40, 80], list(truth.epm),
+                         np.random.default_rng(1))
+    idata, diag = fit(runs, draws=500, tune=500, chains=2, seed=0)
+    assert diag.divergences == 0 and diag.r_hat_max <= 1.02
+    g = idata.posterior["gamma"]
+    assert float((g.sel(quantizer="rms") > g.sel(quantizer="absmax")).mean()) > 0.95
+    out = compare(idata, "w3", "w3:absmax")  # neither trained
+    assert out["p_a_greater"] > 0.9
