@@ -44,3 +44,39 @@ def test_gpu_throughput_benchmark_runs_on_cpu():
     out = run("benchmarks/gpu_throughput.py", "--params", "2e4", "--tokens", "2e3", "--device", "cpu",
               "--batch-size", "4", "--context", "32", "--peak-tflops", "0.1", "--formats", "dense", "w4")
     assert "MFU %" in out and "w4" in out
+
+
+def test_published_fits_example():
+    out = run("examples/published_fits.py", "--tables", "sparse_t5", "--draws", "60", "--tune", "60", "--chains", "2")
+    assert "| EPM s0.5 |" in out and "| alpha |" in out and "diagnostics: max r-hat" in out
+    assert "0.793" in out  # the authors' s0.5 EPM, converted to dense parameters
+
+
+def test_fit_speed_benchmark():
+    out = run("benchmarks/fit_speed.py", "--resamples", "4", "--grid-step", "4", "--draws", "60", "--tune", "60",
+              "--chains", "2", "--workers", "1")
+    assert "32 L-BFGS starts + 4 bootstrap refits" in out and "speed-up:" in out and "| alpha |" in out
+
+
+def test_fit_scaling_benchmark():
+    out = run("benchmarks/fit_scaling.py", "--runs", "40", "80", "--formats", "2", "--draws", "60", "--tune", "60",
+              "--chains", "2")
+    assert out.count("\n| 40 | 2 |") + out.count("\n| 80 | 2 |") == 2 and "grows as runs^" in out
+
+
+def test_classic_fit_recovers_a_known_law():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import numpy as np
+    from fit_speed import _fit_one, huber_objective
+    from scipy.optimize import check_grad
+
+    rng = np.random.default_rng(0)
+    log_n, log_d = rng.uniform(17, 22, 200), rng.uniform(20, 25, 200)
+    truth = np.array([np.log(480.0), np.log(2000.0), np.log(1.8), 0.34, 0.36])
+    a, b, e, al, be = truth
+    log_l = np.logaddexp(np.logaddexp(a - al * log_n, b - be * log_d), e)
+    x = truth + 0.1
+    assert check_grad(lambda x: huber_objective(x, log_n, log_d, log_l)[0],
+                      lambda x: huber_objective(x, log_n, log_d, log_l)[1], x) < 1e-5
+    _, fitted = _fit_one((truth + np.array([0.5, -0.5, 0.1, 0.05, -0.05]), log_n, log_d, log_l, True))
+    assert np.allclose(fitted[3:], truth[3:], atol=2e-3) and abs(np.exp(fitted[2]) - 1.8) < 0.01
