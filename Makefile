@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine (README):
-#   make demo   the main job: a short training run on the built-in corpus (CPU)
+#   make demo   the main job: a short active sweep (real training on CPU, local Ray, built-in corpus)
+#               into studies/demo (replaced on each run)
 #   make test   the test suite (what CI runs)
 # Both create .venv and install the project into it on first use (CPU build of torch).
 
@@ -20,7 +21,8 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/bayes-epm train --params 1e5 --tokens 1e6 --format s0.5-w4a4
+	rm -rf studies/demo
+	$(BIN)/bayes-epm sweep run studies/demo --config examples/demo_sweep.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -128,8 +128,8 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _load_runs_arg(runs: str):
-    """A run-table path, or ``published:NAME`` for a shipped table."""
+def _load_runs_arg(runs: str, source: str | None = None):
+    """A run-table path, or ``published:NAME`` for a shipped table; ``source`` labels rows without one."""
     from bayes_epm.published import load_published
     from bayes_epm.runs import load_runs
 
@@ -138,7 +138,7 @@ def _load_runs_arg(runs: str):
         for _, row in skipped.iterrows():
             print(f"bayes-epm: skipped a run of {runs}: {row['reason']}", file=sys.stderr)
         return table
-    return load_runs(runs)
+    return load_runs(runs, source)
 
 
 def _print_json(obj: Any) -> None:
@@ -159,6 +159,7 @@ def fit(
     tune: Annotated[int, typer.Option(help="Tuning steps per chain.")] = 1000,
     chains: Annotated[int, typer.Option(help="Chains (run in parallel up to the number of CPUs).")] = 4,
     seed: Annotated[int, typer.Option(help="Sampler seed.")] = 0,
+    dense_mass: Annotated[bool, typer.Option(help="Adapt a full mass matrix (helps linear ridges, hurts curved ones).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else.")] = False,
 ) -> int:
     """Fit the hierarchical scaling law to a run table: the law and the EPM of every format."""
@@ -173,8 +174,9 @@ def fit(
 
     priors = Priors()
     idata, diag = run_fit(table, draws=draws, tune=tune, chains=chains, seed=seed, priors=priors,
-                          progressbar=not as_json)
-    path = save_fit(out, idata, table, diag, priors, {"draws": draws, "tune": tune, "chains": chains, "seed": seed})
+                          dense_mass=dense_mass, progressbar=not as_json)
+    path = save_fit(out, idata, table, diag, priors, {"draws": draws, "tune": tune, "chains": chains, "seed": seed,
+                                                      "dense_mass": dense_mass})
     formats = sorted(f for f in table["format"].unique() if f != "dense")
     result = {"law": law_summary(idata), "epm": {f: {k: v for k, v in epm(idata, f).items() if k != "format"}
                                                  for f in formats},
@@ -204,8 +206,13 @@ def fit(
 
 def _answer(posterior: str, query, text, as_json: bool) -> int:
     """Load a saved fit, run one query on it, print the result as JSON or as one line of text."""
-    from bayes_epm.posterior_store import load_fit
+    from pathlib import Path
 
+    from bayes_epm.posterior_store import load_fit
+    from bayes_epm.store import CONFIG, POSTERIOR_DIR
+
+    if (Path(posterior) / CONFIG).is_file():  # a study directory: its latest fit
+        posterior = str(Path(posterior) / POSTERIOR_DIR)
     result = query(load_fit(posterior))
     if as_json:
         _print_json(result)
@@ -216,7 +223,7 @@ def _answer(posterior: str, query, text, as_json: bool) -> int:
 
 @app.command("epm")
 def epm_cmd(
-    posterior: Annotated[str, typer.Argument(help="Directory written by `bayes-epm fit`.")],
+    posterior: Annotated[str, typer.Argument(help="Directory written by `bayes-epm fit`, or a study directory.")],
     format: Annotated[str, typer.Option("--format", "-f", help="Any format, trained or not.")],
     hdi: Annotated[float, typer.Option(help="HDI probability.")] = 0.9,
     as_json: Annotated[bool, typer.Option("--json")] = False,
@@ -233,7 +240,7 @@ def epm_cmd(
 
 @app.command()
 def compare(
-    posterior: Annotated[str, typer.Argument(help="Directory written by `bayes-epm fit`.")],
+    posterior: Annotated[str, typer.Argument(help="Directory written by `bayes-epm fit`, or a study directory.")],
     a: Annotated[str, typer.Argument(help="First format.")],
     b: Annotated[str, typer.Argument(help="Second format.")],
     hdi: Annotated[float, typer.Option(help="HDI probability.")] = 0.9,
@@ -249,7 +256,7 @@ def compare(
 
 @app.command()
 def predict(
-    posterior: Annotated[str, typer.Argument(help="Directory written by `bayes-epm fit`.")],
+    posterior: Annotated[str, typer.Argument(help="Directory written by `bayes-epm fit`, or a study directory.")],
     params: Annotated[float, typer.Option(help="Parameter count N.")],
     tokens: Annotated[float, typer.Option(help="Training tokens D.")],
     format: Annotated[str, typer.Option("--format", "-f", help="Format.")] = "dense",
@@ -262,6 +269,173 @@ def predict(
     return _answer(posterior, lambda saved: run_predict(saved.idata, params, tokens, format, hdi, saved.priors),
                    lambda r: f"loss of {r['format']} at N={params:.3g}, D={tokens:.3g}: "
                              f"{_interval_text(r['loss'])}", as_json)
+
+
+sweep_app = typer.Typer(help="Active sweeps: propose, train and refit until the targets' EPMs are pinned down.",
+                        no_args_is_help=True)
+runs_app = typer.Typer(help="A study's runs: import runs trained elsewhere, export the study's runs.",
+                       no_args_is_help=True)
+app.add_typer(sweep_app, name="sweep")
+app.add_typer(runs_app, name="runs")
+
+
+def _sweep_printer(console: Console, budget: float):
+    def on_event(kind: str, p: dict) -> None:
+        if kind == "requeued":
+            console.print(f"resuming: {p['runs']} run(s) that were in flight will run again")
+        elif kind == "started":
+            console.print(f"  start  #{p['id']:<4} {p['format']:<12} N={p['params']:.3g} D={p['tokens']:.3g}")
+        elif kind == "finished":
+            c = p["counts"]
+            what = f"loss {p['loss']:.4f}" if p["status"] == "done" else f"{p['status']}: {p['error'][:80]}"
+            console.print(f"  {p['status']:<6} #{p['id']:<4} {p['format']:<12} {what}   "
+                          f"[{c['done']} done, {c['running']} in flight, {c['failed']} failed, "
+                          f"{c['diverged']} diverged; FLOPs {p['flops_spent']:.3g} of {budget:.3g}]")
+        elif kind == "fitted":
+            d = p["diagnostics"]
+            health = "converged" if d.converged else "NOT converged: " + "; ".join(d.problems())
+            console.print(f"[bold]fit {p['iteration']}[/bold] ({p['fit_s']:.0f} s, {health}); "
+                          f"FLOPs {p['flops_spent']:.3g} of {budget:.3g} ({100 * p['flops_spent'] / budget:.1f}%)")
+            for t in p["targets"]:
+                console.print(f"    EPM {t.format:<12} {t.mean:.3f}  90% HDI [{t.lo:.3f}, {t.hi:.3f}] "
+                              f"width {t.hdi_width:.3f}")
+        elif kind == "proposed":
+            b = p["batch"]
+            console.print(f"next batch ({len(b)}): " + ", ".join(
+                f"{r['format']} N={r['params']:.3g} D/N={r['tokens_per_param']:g}" for r in b.to_dict("records")))
+    return on_event
+
+
+def _sweep(study_dir: str, config: str | None, as_json: bool, resume_only: bool) -> int:
+    from pathlib import Path
+
+    from bayes_epm.store import CONFIG, Study
+    from bayes_epm.sweep import run_sweep
+
+    exists = (Path(study_dir) / CONFIG).is_file()
+    if resume_only or (exists and config is None):
+        study = Study.open(study_dir)
+    elif exists:
+        raise InvalidInputError(f"{study_dir!r} already holds a study; continue it with `bayes-epm sweep run "
+                                f"{study_dir}` (without --config) or `bayes-epm sweep resume {study_dir}`")
+    elif config is None:
+        raise InvalidInputError(f"no study in {study_dir!r}; create one with `bayes-epm sweep run {study_dir} "
+                                "--config FILE`")
+    else:
+        study = Study.create(study_dir, config)
+    console = Console(stderr=as_json, soft_wrap=True)
+    with study:
+        outcome = run_sweep(study, _sweep_printer(console, study.config.budget.flops))
+    result = outcome.to_dict()
+    if as_json:
+        _print_json(result)
+    else:
+        console.print(f"stopped because of the {outcome.stopped_because}: {outcome.runs} runs done, "
+                      f"{outcome.failed} failed, {outcome.diverged} diverged, {outcome.flops_spent:.3g} FLOPs; "
+                      f"posterior in {outcome.posterior}")
+    if not outcome.diagnostics.get("converged", False):
+        print("bayes-epm: warning: the last fit did not converge; its intervals are not to be trusted",
+              file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+@sweep_app.command("run")
+def sweep_run(
+    study: Annotated[str, typer.Argument(help="Study directory (created from --config, or continued).")],
+    config: Annotated[Optional[str], typer.Option(help="Study config (TOML) for a new study.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object at the end (progress on stderr).")] = False,
+) -> int:
+    """Create or continue a study and sweep until the budget is spent or every target is pinned down."""
+    return _sweep(study, config, as_json, resume_only=False)
+
+
+@sweep_app.command("resume")
+def sweep_resume(
+    study: Annotated[str, typer.Argument(help="Study directory.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> int:
+    """Continue a study whose driver stopped or was killed: no finished run is lost or run again."""
+    return _sweep(study, None, as_json, resume_only=True)
+
+
+@sweep_app.command("status")
+def sweep_status(
+    study: Annotated[str, typer.Argument(help="Study directory.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> int:
+    """Runs by status, FLOPs spent against the budget, and each target's current EPM."""
+    from bayes_epm.store import Study
+    from bayes_epm.sweep import status
+
+    with Study.open(study) as st:
+        result = status(st)
+    if as_json:
+        _print_json(result)
+        return 0
+    c = result["counts"]
+    print(f"{result['study']}: " + ", ".join(f"{v} {k}" for k, v in c.items())
+          + f"; FLOPs {result['flops_spent']:.3g} of {result['flops_budget']:.3g}")
+    for name, t in result["targets"].items():
+        print(f"  EPM {name}: {_interval_text(t)}")
+    return 0
+
+
+@sweep_app.command("propose")
+def sweep_propose(
+    study: Annotated[str, typer.Argument(help="Study directory.")],
+    n: Annotated[int, typer.Option("-n", help="How many runs.")] = 4,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> int:
+    """The next runs and their scores, without running or storing them (for your own scheduler)."""
+    from bayes_epm.store import Study
+    from bayes_epm.sweep import propose_only
+
+    if n < 1:
+        raise SpecError(f"-n {n} is not valid; it must be a positive integer")
+    with Study.open(study) as st:
+        table = propose_only(st, n)
+    rows = table[["params", "tokens", "format", "flops", "score"]].to_dict("records")
+    if as_json:
+        _print_json({"runs": rows})
+    else:
+        for r in rows:
+            print(f"{r['format']:<12} params {r['params']:.4g}  tokens {r['tokens']:.4g}  FLOPs {r['flops']:.3g}  "
+                  f"score {r['score']:.3g}")
+    return 0
+
+
+@runs_app.command("import")
+def runs_import(
+    study: Annotated[str, typer.Argument(help="Study directory.")],
+    runs: Annotated[str, typer.Argument(help="Canonical run table (CSV/Parquet) or published:NAME.")],
+    source: Annotated[Optional[str], typer.Option(help="Label for rows without a `source` (default: the file name).")] = None,
+) -> int:
+    """Add runs trained elsewhere to a study as evidence (validated first: a bad table adds nothing)."""
+    from bayes_epm.store import Study
+
+    table = _load_runs_arg(runs, source)
+    with Study.open(study) as st:
+        n = st.import_runs(table, source or "imported")
+    print(f"imported {n} runs into {study}")
+    return 0
+
+
+@runs_app.command("export")
+def runs_export(
+    study: Annotated[str, typer.Argument(help="Study directory.")],
+    out: Annotated[str, typer.Option(help="Output file (.csv or .parquet).")],
+) -> int:
+    """Write the study's finished runs as a canonical run table."""
+    from bayes_epm.store import Study
+
+    if not out.endswith((".csv", ".parquet")):
+        raise InvalidInputError(f"--out {out!r} is not valid; it must end in .csv or .parquet")
+    with Study.open(study) as st:
+        table = st.fit_table()
+    table.to_parquet(out, index=False) if out.endswith(".parquet") else table.to_csv(out, index=False)
+    print(f"wrote {len(table)} runs to {out}")
+    return 0
 
 
 def _fail(message: str) -> None:

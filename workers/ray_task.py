@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import re
+
 from typing import Any, Callable, Iterable, Iterator
 
 import ray
@@ -76,8 +78,16 @@ def result_of(ref: ray.ObjectRef, spec: TrainSpec) -> RunResult:
     try:
         return RunResult.from_dict(ray.get(ref))
     except RayError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return failed_result(spec, f"{type(exc).__name__}: {first}")
+        cause = getattr(exc, "cause", None)  # a RayTaskError carries the task's own exception
+        if isinstance(cause, Exception) and not isinstance(cause, RayError):
+            return failed_result(spec, f"{type(cause).__name__}: {_one_line(str(cause))}")
+        return failed_result(spec, f"{type(exc).__name__}: {_one_line(str(exc))}")
+
+
+def _one_line(text: str) -> str:
+    """The first non-empty line of an error message, without terminal colour codes."""
+    lines = [ln for ln in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines() if ln.strip()]
+    return lines[0].strip() if lines else ""
 
 
 def as_completed(pending: dict[ray.ObjectRef, TrainSpec]) -> Iterator[tuple[ray.ObjectRef, RunResult]]:

@@ -1,0 +1,253 @@
+"""The active sweep: propose -> train -> store -> refit, until the budget is spent or the targets are pinned.
+
+One iteration: every ``proposed`` run of the study is dispatched (Ray for real training, in-process
+for the simulated lab), results are stored as they complete (completion order), the model is refit
+on every finished run, the fit is saved in the study, and the next batch is chosen by
+:mod:`bayes_epm.acquisition`. The loop stops when every target's 90% HDI is narrower than
+``budget.hdi_width`` (``"target"``), when no affordable run is left in the budget (``"budget"``),
+or after ``budget.max_iterations`` refits (``"iterations"``).
+
+Because every state change is a store transaction, a driver killed at any point resumes where it
+was: finished runs are never trained again, runs that were in flight are run again, and a batch
+that was proposed but not started is started.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pandas as pd
+
+from bayes_epm.acquisition import TargetState, candidates, choose_batch, initial_design, target_states
+from bayes_epm.config import LabTruth, load_truth
+from bayes_epm.errors import InvalidInputError
+from bayes_epm.lab import cost_factor, simulate_run, true_epm
+from bayes_epm.store import Study
+
+Event = Callable[[str, dict], None]
+STOP_REASONS = ("target", "budget", "iterations")
+
+
+@dataclass
+class SweepOutcome:
+    runs: int
+    failed: int
+    diverged: int
+    flops_spent: float
+    stopped_because: str
+    targets: list[TargetState] = field(default_factory=list)
+    diagnostics: dict = field(default_factory=dict)
+    posterior: str = ""
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if k != "targets"}
+        return d | {"epm": {s.format: s.to_dict() for s in self.targets}}
+
+
+# -- backends -------------------------------------------------------------------------------------
+class SimulatedBackend:
+    """Answers each run from the truth file, in-process."""
+
+    def __init__(self, truth: LabTruth, seed: int) -> None:
+        self.truth, self.seed, self._queue = truth, seed, []
+
+    def start(self, run_id: int, spec: dict) -> None:
+        self._queue.append((run_id, simulate_run(self.truth, spec, self.seed, run_id)))
+
+    def completed(self) -> Iterator[tuple[int, dict]]:
+        while self._queue:
+            yield self._queue.pop(0)
+
+    def close(self) -> None:
+        pass
+
+
+class RayBackend:
+    """Trains each run as a Ray task (:mod:`bayes_epm.workers.ray_task`); local Ray when no address.
+
+    ``fn`` replaces the training function inside the task (see :func:`~bayes_epm.workers.ray_task.submit`).
+    """
+
+    def __init__(self, address: str, num_gpus: float, device: str, fn=None) -> None:
+        import ray
+
+        self._started = not ray.is_initialized()
+        if self._started:
+            ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
+        self.num_gpus, self.device, self.fn, self._pending = num_gpus, device, fn, {}
+
+    def start(self, run_id: int, spec: dict) -> None:
+        from bayes_epm.workers.ray_task import submit
+        from bayes_epm.workers.spec import TrainSpec
+
+        train_spec = TrainSpec(params=spec["params"], tokens=spec["tokens"], format=spec["format"],
+                               seed=int(spec.get("seed", 0)), device=self.device)
+        self._pending[submit(train_spec, num_gpus=self.num_gpus, fn=self.fn)] = (run_id, train_spec)
+
+    def completed(self) -> Iterator[tuple[int, dict]]:
+        from bayes_epm.workers.ray_task import as_completed
+
+        specs = {ref: spec for ref, (_, spec) in self._pending.items()}
+        for ref, result in as_completed(specs):
+            run_id, _ = self._pending.pop(ref)
+            yield run_id, result.to_dict()
+
+    def close(self) -> None:
+        import ray
+
+        if self._started and ray.is_initialized():
+            ray.shutdown()
+
+
+def _truth(study: Study) -> LabTruth | None:
+    cfg = study.config
+    return load_truth(Path(cfg.base_dir) / cfg.backend.truth) if cfg.backend.kind == "simulate" else None
+
+
+def make_backend(study: Study):
+    cfg = study.config
+    if cfg.backend.kind == "simulate":
+        return SimulatedBackend(_truth(study), cfg.seed)
+    return RayBackend(cfg.ray.address, cfg.ray.num_gpus_per_run, cfg.backend.device)
+
+
+# -- the loop -------------------------------------------------------------------------------------
+def _specs(design: list[dict], first_seed: int) -> list[dict]:
+    return [{"params": float(d["params"]), "tokens": float(d["tokens"]), "format": d["format"],
+             "seed": first_seed + i} for i, d in enumerate(design)]
+
+
+def _propose_initial(study: Study, truth: LabTruth | None) -> None:
+    cfg = study.config
+    design = _specs(initial_design(cfg.space), 0)
+    costs = [cost_factor(truth, d["format"]) for d in design]
+    flops = sum(6 * d["params"] * d["tokens"] * c for d, c in zip(design, costs))
+    if flops > cfg.budget.flops:
+        raise InvalidInputError(f"budget.flops = {cfg.budget.flops:.3g} is below the initial design's "
+                                f"{flops:.3g} FLOPs ({len(design)} runs); raise the budget or lower space.params")
+    study.propose(design, iteration=0, scores=[None] * len(design), costs=costs)
+
+
+def _dispatch(study: Study, backend, on_event: Event) -> None:
+    proposed = study.runs("proposed")
+    for run_id in proposed["id"]:
+        study.mark_running(int(run_id))
+        backend.start(int(run_id), study.spec(int(run_id)))
+        on_event("started", {"id": int(run_id), **study.spec(int(run_id))})
+    for run_id, result in backend.completed():
+        status = study.record(run_id, result)
+        on_event("finished", {"id": run_id, "status": status, "loss": result.get("loss"),
+                              "error": result.get("error", ""), **study.spec(run_id),
+                              "counts": study.counts(), "flops_spent": study.flops_spent()})
+
+
+def _excluded(study: Study) -> set[tuple]:
+    bad = pd.concat([study.runs("failed"), study.runs("diverged")])
+    return {(round(float(r["params"]), 6), round(float(r["tokens"]), 6), r["format"]) for r in bad.to_dict("records")}
+
+
+def fit_study(study: Study, progressbar: bool = False):
+    """Fit the model on the study's finished runs and save the posterior in the study."""
+    from bayes_epm.inference import fit
+    from bayes_epm.posterior_store import save_fit
+
+    cfg = study.config
+    table = study.fit_table()
+    if "dense" not in set(table["format"]):
+        raise InvalidInputError("the study has no finished dense run to fit the law on yet")
+    settings = {"draws": cfg.fit.draws, "tune": cfg.fit.tune, "chains": cfg.fit.chains, "seed": cfg.seed}
+    idata, diag = fit(table, progressbar=progressbar, **settings)
+    save_fit(study.posterior_dir, idata, table, diag, _priors(), settings)
+    return idata, diag
+
+
+def _priors():
+    from bayes_epm.model import Priors
+
+    return Priors()
+
+
+def run_sweep(study: Study, on_event: Event | None = None) -> SweepOutcome:
+    """Create-or-continue the sweep of ``study`` until it stops; returns the outcome."""
+    on_event = on_event or (lambda kind, payload: None)
+    cfg = study.config
+    truth = _truth(study)
+    if truth is not None:
+        for f in cfg.space.formats:
+            true_epm(truth, f)  # a format the truth cannot answer is an error before anything runs
+    requeued = study.requeue_running()
+    if requeued:
+        on_event("requeued", {"runs": requeued})
+    if study.counts()["proposed"] == 0 and study.fit_table().empty and study.last_iteration() < 0:
+        _propose_initial(study, truth)
+    backend = make_backend(study)
+    try:
+        iteration = max(study.last_iteration(), 0)
+        while True:
+            _dispatch(study, backend, on_event)
+            t0 = time.perf_counter()
+            idata, diag = fit_study(study)
+            states = target_states(idata, cfg.space.targets)
+            spent = study.flops_spent()
+            on_event("fitted", {"iteration": iteration, "targets": states, "diagnostics": diag,
+                                "fit_s": time.perf_counter() - t0, "flops_spent": spent,
+                                "counts": study.counts()})
+            reason = None
+            if all(s.hdi_width <= cfg.budget.hdi_width for s in states):
+                reason = "target"
+            elif iteration >= cfg.budget.max_iterations:
+                reason = "iterations"
+            else:
+                cost = {f: cost_factor(truth, f) for f in cfg.space.formats}
+                cands = candidates(cfg.space, cost, exclude=_excluded(study))
+                batch = choose_batch(idata, cands, cfg.space.targets, cfg.budget.batch, hdi_width=cfg.budget.hdi_width,
+                                     budget_left=cfg.budget.flops - spent, seed=cfg.seed + iteration)
+                if batch.empty:
+                    reason = "budget"
+                else:
+                    iteration += 1
+                    n_runs = len(study.runs())
+                    specs = _specs(batch.to_dict("records"), n_runs)
+                    study.propose(specs, iteration=iteration, scores=batch["score"].tolist(),
+                                  costs=[cost[s["format"]] for s in specs])
+                    on_event("proposed", {"iteration": iteration, "batch": batch})
+            if reason:
+                counts = study.counts()
+                return SweepOutcome(runs=counts["done"], failed=counts["failed"], diverged=counts["diverged"],
+                                    flops_spent=spent, stopped_because=reason, targets=states,
+                                    diagnostics=diag.to_dict(), posterior=str(study.posterior_dir))
+    finally:
+        backend.close()
+
+
+def propose_only(study: Study, n: int) -> pd.DataFrame:
+    """The next ``n`` runs and their scores from the saved posterior, without running or storing them."""
+    from bayes_epm.posterior_store import load_fit
+
+    cfg = study.config
+    truth = _truth(study)
+    if study.fit_table().empty:
+        design = pd.DataFrame(initial_design(cfg.space))
+        return design.assign(flops=6 * design["params"] * design["tokens"], score=float("nan")).head(n)
+    saved = load_fit(study.posterior_dir)
+    cost = {f: cost_factor(truth, f) for f in cfg.space.formats}
+    pending = pd.concat([study.runs("proposed"), study.runs("running")])[["params", "tokens", "format"]]
+    return choose_batch(saved.idata, candidates(cfg.space, cost, exclude=_excluded(study)), cfg.space.targets, n,
+                        pending=pending, hdi_width=cfg.budget.hdi_width,
+                        budget_left=cfg.budget.flops - study.flops_spent(), seed=cfg.seed)
+
+
+def status(study: Study) -> dict[str, Any]:
+    cfg = study.config
+    out: dict[str, Any] = {"study": str(study.path), "counts": study.counts(), "flops_spent": study.flops_spent(),
+                           "flops_budget": cfg.budget.flops, "targets": {}}
+    if (study.posterior_dir / "posterior.nc").is_file():
+        from bayes_epm.posterior_store import load_fit
+
+        saved = load_fit(study.posterior_dir)
+        out["targets"] = {s.format: s.to_dict() for s in target_states(saved.idata, cfg.space.targets)}
+        out["diagnostics"] = saved.meta["diagnostics"]
+    return out
