@@ -322,6 +322,10 @@ def _sweep(study_dir: str, config: str | None, as_json: bool, resume_only: bool)
         raise InvalidInputError(f"no study in {study_dir!r}; create one with `bayes-epm sweep run {study_dir} "
                                 "--config FILE`")
     else:
+        from bayes_epm.config import load_config
+        from bayes_epm.sweep import preflight
+
+        preflight(load_config(config))  # a config that cannot run creates nothing
         study = Study.create(study_dir, config)
     console = Console(stderr=as_json, soft_wrap=True)
     with study:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 import pandas as pd
 
 from bayes_epm.acquisition import TargetState, candidates, choose_batch, initial_design, target_states
-from bayes_epm.config import LabTruth, load_truth
+from bayes_epm.config import LabTruth, StudyConfig, load_truth
 from bayes_epm.errors import InvalidInputError
 from bayes_epm.lab import cost_factor, simulate_run, true_epm
 from bayes_epm.store import Study
@@ -120,15 +120,23 @@ def _specs(design: list[dict], first_seed: int) -> list[dict]:
              "seed": first_seed + i} for i, d in enumerate(design)]
 
 
-def _propose_initial(study: Study, truth: LabTruth | None) -> None:
-    cfg = study.config
+def _initial_specs(cfg: StudyConfig, truth: LabTruth | None) -> tuple[list[dict], list[float]]:
     design = _specs(initial_design(cfg.space), 0)
-    costs = [cost_factor(truth, d["format"]) for d in design]
+    return design, [cost_factor(truth, d["format"]) for d in design]
+
+
+def preflight(cfg: StudyConfig) -> None:
+    """Everything about a config that can be checked before a study is created or continued: the
+    truth file answers every format of the space, and the budget covers the initial design."""
+    truth = load_truth(Path(cfg.base_dir) / cfg.backend.truth) if cfg.backend.kind == "simulate" else None
+    if truth is not None:
+        for f in cfg.space.formats:
+            true_epm(truth, f)
+    design, costs = _initial_specs(cfg, truth)
     flops = sum(6 * d["params"] * d["tokens"] * c for d, c in zip(design, costs))
     if flops > cfg.budget.flops:
         raise InvalidInputError(f"budget.flops = {cfg.budget.flops:.3g} is below the initial design's "
                                 f"{flops:.3g} FLOPs ({len(design)} runs); raise the budget or lower space.params")
-    study.propose(design, iteration=0, scores=[None] * len(design), costs=costs)
 
 
 def _dispatch(study: Study, backend, on_event: Event) -> None:
@@ -175,14 +183,13 @@ def run_sweep(study: Study, on_event: Event | None = None) -> SweepOutcome:
     on_event = on_event or (lambda kind, payload: None)
     cfg = study.config
     truth = _truth(study)
-    if truth is not None:
-        for f in cfg.space.formats:
-            true_epm(truth, f)  # a format the truth cannot answer is an error before anything runs
+    preflight(cfg)
     requeued = study.requeue_running()
     if requeued:
         on_event("requeued", {"runs": requeued})
-    if study.counts()["proposed"] == 0 and study.fit_table().empty and study.last_iteration() < 0:
-        _propose_initial(study, truth)
+    if not (study.runs()["iteration"] >= 0).any():  # no run of its own yet (imported runs do not count)
+        design, costs = _initial_specs(cfg, truth)
+        study.propose(design, iteration=0, scores=[None] * len(design), costs=costs)
     backend = make_backend(study)
     try:
         iteration = max(study.last_iteration(), 0)
