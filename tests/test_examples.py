@@ -80,3 +80,9 @@ def test_classic_fit_recovers_a_known_law():
                       lambda x: huber_objective(x, log_n, log_d, log_l)[1], x) < 1e-5
     _, fitted = _fit_one((truth + np.array([0.5, -0.5, 0.1, 0.05, -0.05]), log_n, log_d, log_l, True))
     assert np.allclose(fitted[3:], truth[3:], atol=2e-3) and abs(np.exp(fitted[2]) - 1.8) < 0.01
+
+
+def test_refit_cost_benchmark():
+    out = run("benchmarks/refit_cost.py", "--runs", "30", "--draws", "30", "--tune", "30", "--chains", "2")
+    row = [ln for ln in out.splitlines() if ln.startswith("| 30 |")]
+    assert len(row) == 1 and len(row[0].split("|")) == 7
