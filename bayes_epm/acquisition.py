@@ -50,12 +50,13 @@ def candidates(space: Space, cost: dict[str, float] | None = None, exclude: set[
             for f in space.formats for n in size_grid(space) for t in space.tokens_per_param]
     table = pd.DataFrame(rows)
     if exclude:
-        keep = [(_key(r)) not in exclude for r in table.to_dict("records")]
+        keep = [point_key(r) not in exclude for r in table.to_dict("records")]
         table = table[keep].reset_index(drop=True)
     return table
 
 
-def _key(r: dict) -> tuple:
+def point_key(r: dict) -> tuple:
+    """A design point as a hashable key: ``(params, tokens, format)``."""
     return (round(float(r["params"]), 6), round(float(r["tokens"]), 6), r["format"])
 
 

@@ -21,10 +21,11 @@ from typing import Any, Callable, Iterator
 
 import pandas as pd
 
-from bayes_epm.acquisition import TargetState, candidates, choose_batch, initial_design, target_states
+from bayes_epm.acquisition import TargetState, candidates, choose_batch, initial_design, point_key, target_states
 from bayes_epm.config import LabTruth, StudyConfig, load_truth
-from bayes_epm.errors import InvalidInputError
+from bayes_epm.errors import InvalidInputError, RunFailure
 from bayes_epm.lab import cost_factor, simulate_run, true_epm
+from bayes_epm.model import Priors
 from bayes_epm.store import Study
 
 Event = Callable[[str, dict], None]
@@ -62,7 +63,7 @@ class SimulatedBackend:
             yield self._queue.pop(0)
 
     def close(self) -> None:
-        pass
+        """Nothing to release: the lab holds no processes."""
 
 
 class RayBackend:
@@ -154,7 +155,7 @@ def _dispatch(study: Study, backend, on_event: Event) -> None:
 
 def _excluded(study: Study) -> set[tuple]:
     bad = pd.concat([study.runs("failed"), study.runs("diverged")])
-    return {(round(float(r["params"]), 6), round(float(r["tokens"]), 6), r["format"]) for r in bad.to_dict("records")}
+    return {point_key(r) for r in bad.to_dict("records")}
 
 
 def fit_study(study: Study, progressbar: bool = False):
@@ -165,17 +166,12 @@ def fit_study(study: Study, progressbar: bool = False):
     cfg = study.config
     table = study.fit_table()
     if "dense" not in set(table["format"]):
-        raise InvalidInputError("the study has no finished dense run to fit the law on yet")
+        raise RunFailure("the study has no finished dense run to fit the law on (every dense run failed or "
+                         "diverged: see `bayes-epm sweep status`)")
     settings = {"draws": cfg.fit.draws, "tune": cfg.fit.tune, "chains": cfg.fit.chains, "seed": cfg.seed}
     idata, diag = fit(table, progressbar=progressbar, **settings)
-    save_fit(study.posterior_dir, idata, table, diag, _priors(), settings)
+    save_fit(study.posterior_dir, idata, table, diag, Priors(), settings)
     return idata, diag
-
-
-def _priors():
-    from bayes_epm.model import Priors
-
-    return Priors()
 
 
 def run_sweep(study: Study, on_event: Event | None = None) -> SweepOutcome:
