@@ -103,15 +103,14 @@ class RayBackend:
             ray.shutdown()
 
 
-def _truth(study: Study) -> LabTruth | None:
-    cfg = study.config
+def _truth(cfg: StudyConfig) -> LabTruth | None:
+    """The simulated lab's truth, or None for real training."""
     return load_truth(Path(cfg.base_dir) / cfg.backend.truth) if cfg.backend.kind == "simulate" else None
 
 
-def make_backend(study: Study):
-    cfg = study.config
-    if cfg.backend.kind == "simulate":
-        return SimulatedBackend(_truth(study), cfg.seed)
+def make_backend(cfg: StudyConfig, truth: LabTruth | None):
+    if truth is not None:
+        return SimulatedBackend(truth, cfg.seed)
     return RayBackend(cfg.ray.address, cfg.ray.num_gpus_per_run, cfg.backend.device)
 
 
@@ -126,10 +125,11 @@ def _initial_specs(cfg: StudyConfig, truth: LabTruth | None) -> tuple[list[dict]
     return design, [cost_factor(truth, d["format"]) for d in design]
 
 
-def preflight(cfg: StudyConfig) -> None:
+def preflight(cfg: StudyConfig) -> LabTruth | None:
     """Everything about a config that can be checked before a study is created or continued: the
-    truth file answers every format of the space, and the budget covers the initial design."""
-    truth = load_truth(Path(cfg.base_dir) / cfg.backend.truth) if cfg.backend.kind == "simulate" else None
+    truth file answers every format of the space, and the budget covers the initial design.
+    Returns the truth (None for real training)."""
+    truth = _truth(cfg)
     if truth is not None:
         for f in cfg.space.formats:
             true_epm(truth, f)
@@ -138,6 +138,7 @@ def preflight(cfg: StudyConfig) -> None:
     if flops > cfg.budget.flops:
         raise InvalidInputError(f"budget.flops = {cfg.budget.flops:.3g} is below the initial design's "
                                 f"{flops:.3g} FLOPs ({len(design)} runs); raise the budget or lower space.params")
+    return truth
 
 
 def _dispatch(study: Study, backend, on_event: Event) -> None:
@@ -178,15 +179,14 @@ def run_sweep(study: Study, on_event: Event | None = None) -> SweepOutcome:
     """Create-or-continue the sweep of ``study`` until it stops; returns the outcome."""
     on_event = on_event or (lambda kind, payload: None)
     cfg = study.config
-    truth = _truth(study)
-    preflight(cfg)
+    truth = preflight(cfg)
     requeued = study.requeue_running()
     if requeued:
         on_event("requeued", {"runs": requeued})
     if not (study.runs()["iteration"] >= 0).any():  # no run of its own yet (imported runs do not count)
         design, costs = _initial_specs(cfg, truth)
         study.propose(design, iteration=0, scores=[None] * len(design), costs=costs)
-    backend = make_backend(study)
+    backend = make_backend(cfg, truth)
     try:
         iteration = max(study.last_iteration(), 0)
         while True:
@@ -231,7 +231,7 @@ def propose_only(study: Study, n: int) -> pd.DataFrame:
     from bayes_epm.posterior_store import load_fit
 
     cfg = study.config
-    truth = _truth(study)
+    truth = _truth(cfg)
     if study.fit_table().empty:
         design = pd.DataFrame(initial_design(cfg.space))
         return design.assign(flops=6 * design["params"] * design["tokens"], score=float("nan")).head(n)
