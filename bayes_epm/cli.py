@@ -173,8 +173,10 @@ def fit(
     from bayes_epm.queries import epm, law_summary
 
     priors = Priors()
-    idata, diag = run_fit(table, draws=draws, tune=tune, chains=chains, seed=seed, priors=priors,
-                          dense_mass=dense_mass, progressbar=not as_json)
+    what = f"sampling {chains} chains x ({tune} tune + {draws} draws) on {len(table)} runs"
+    with Console(stderr=True, quiet=as_json).status(what):  # a spinner while the chains run
+        idata, diag = run_fit(table, draws=draws, tune=tune, chains=chains, seed=seed, priors=priors,
+                              dense_mass=dense_mass)
     path = save_fit(out, idata, table, diag, priors, {"draws": draws, "tune": tune, "chains": chains, "seed": seed,
                                                       "dense_mass": dense_mass})
     formats = sorted(f for f in table["format"].unique() if f != "dense")

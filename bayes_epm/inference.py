@@ -5,8 +5,9 @@ first imported, which :func:`_host_devices` does (through ``XLA_FLAGS``) when th
 imported first. It exposes ``max(cores, 8)`` devices: more devices than cores is deliberate --
 on the 240-run Chinchilla table, 4 chains x 2000 iterations on 2 cores took 24 s as 4 parallel
 devices against 56 s sequential and 53 s vectorized (one run each, same seed). If JAX was
-imported earlier with fewer devices than chains, NumPyro runs the chains one after another
-(correct, slower), and the fit says so in ``chain_method``.
+imported earlier with fewer devices than chains, the chains are vectorized on one device
+(correct, slower), and the fit says so in ``chain_method``. The sampler itself, and why it keeps
+one compiled program per model structure, is :mod:`bayes_epm.sampler`.
 
 A fit is *converged* when max r-hat <= 1.01, min bulk and tail ESS >= 400 and there is no
 divergence; the diagnostics are always computed and returned, never hidden.
@@ -36,9 +37,8 @@ _host_devices()
 
 import arviz as az  # noqa: E402  (after the XLA flag)
 import pandas as pd  # noqa: E402
-from pymc.sampling.jax import sample_jax_nuts  # noqa: E402
-
-from bayes_epm.model import Priors, build_model  # noqa: E402
+from bayes_epm.model import Priors  # noqa: E402
+from bayes_epm.sampler import Settings, sample  # noqa: E402
 
 R_HAT_MAX = 1.01
 ESS_MIN = 400
@@ -73,12 +73,6 @@ class Diagnostics:
         return out
 
 
-def _chain_method(chains: int) -> str:
-    import jax
-
-    return "parallel" if jax.local_device_count() >= chains else "sequential"
-
-
 def diagnose(idata: az.InferenceData, var_names: list[str], sampling_s: float, chain_method: str) -> Diagnostics:
     """r-hat and bulk/tail ESS (arviz) over ``var_names`` (the free parameters), and the divergences."""
     summary = az.summary(idata, var_names=var_names, kind="diagnostics")
@@ -95,8 +89,12 @@ def diagnose(idata: az.InferenceData, var_names: list[str], sampling_s: float, c
 
 def fit(runs: pd.DataFrame, *, draws: int = 1000, tune: int = 1000, chains: int = 4, seed: int = 0,
         target_accept: float = 0.9, dense_mass: bool = False, priors: Priors | None = None,
-        progressbar: bool = False) -> tuple[az.InferenceData, Diagnostics]:
+        centre: tuple[float, float] | None = None) -> tuple[az.InferenceData, Diagnostics]:
     """Sample the posterior of the model of ``runs``; returns the InferenceData and its diagnostics.
+
+    Sampling is NumPyro's NUTS on PyMC's log-density, compiled once per model structure and reused
+    when only the data changed (:mod:`bayes_epm.sampler`); ``centre`` fixes the (log N, log D) the
+    law is centred on, which a sweep does so that its refits share one compiled model.
 
     ``dense_mass=True`` adapts a full mass matrix instead of a diagonal one. It helps where the
     posterior is a linear ridge and hurts where it is curved (measured, 4 chains x 1000 draws, 2
@@ -104,16 +102,7 @@ def fit(runs: pd.DataFrame, *, draws: int = 1000, tune: int = 1000, chains: int 
     T5 (three token budgets: B and beta form a banana) 5 divergences and tail ESS 55 dense against
     none and 1357 diagonal. The default is diagonal, which converges on all three tables.
     """
-    model = build_model(runs, priors)
-    method = _chain_method(chains)
+    settings = Settings(draws=draws, tune=tune, chains=chains, target_accept=target_accept, dense_mass=dense_mass)
     t0 = time.perf_counter()
-    # PyMC's NumPyro path, called directly: pm.sample(nuts_sampler="numpyro") first assigns its own
-    # step methods only to check that NUTS alone can sample the model (2.5 of 14 s of a 10-draw
-    # fit); every variable of this model is continuous, so that check is skipped.
-    idata = sample_jax_nuts(
-        draws=draws, tune=tune, chains=chains, random_seed=seed, model=model, nuts_sampler="numpyro",
-        target_accept=target_accept, progressbar=progressbar, chain_method=method,
-        nuts_kwargs={"dense_mass": dense_mass},
-    )
-    free = [rv.name for rv in model.free_RVs]
-    return idata, diagnose(idata, free, time.perf_counter() - t0, method)
+    idata, cm = sample(runs, priors or Priors(), settings, seed, centre)
+    return idata, diagnose(idata, cm.free, time.perf_counter() - t0, cm.chain_method)

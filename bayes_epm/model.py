@@ -116,13 +116,39 @@ class ModelData:
     m_n: float = 0.0
     m_d: float = 0.0
 
+    DATA = ("log_n_c", "log_d_c", "log_loss_obs", "fmt_idx", "weight", "e_mu")
+
+    def structure(self, priors: "Priors") -> tuple:
+        """What the compiled model depends on besides the data arrays (a hashable key)."""
+        return (tuple(self.formats), tuple((k, tuple(v)) for k, v in self.levels.items()), round(self.m_n, 12),
+                round(self.m_d, 12), priors)
+
+    def inputs(self, priors: "Priors", pad_to: int | None = None) -> dict[str, np.ndarray]:
+        """The data arrays the model reads, padded with zero-weight runs to ``pad_to`` (default: none)."""
+        n = len(self.log_loss)
+        size = n if pad_to is None else pad_to
+        if size < n:
+            raise ValueError(f"pad_to={size} is smaller than the {n} runs")
+
+        def pad(a, fill, dtype):
+            out = np.full(size, fill, dtype=dtype)
+            out[:n] = a
+            return out
+
+        return {"log_n_c": pad(self.log_n - self.m_n, 0.0, float), "log_d_c": pad(self.log_d - self.m_d, 0.0, float),
+                "log_loss_obs": pad(self.log_loss, 0.0, float), "fmt_idx": pad(self.fmt_idx, -1, np.int64),
+                "weight": pad(np.ones(n), 0.0, float),
+                "e_mu": np.asarray(float(self.log_loss.min()) + priors.e_offset)}
+
     @property
     def quantizers(self) -> list[str]:
         """The quantizers of the quantized levels, in order."""
         return sorted({level_quantizer(lv) for k in QUANTIZED for lv in self.levels.get(k, [])})
 
     @classmethod
-    def from_runs(cls, runs: pd.DataFrame) -> "ModelData":
+    def from_runs(cls, runs: pd.DataFrame, centre: tuple[float, float] | None = None) -> "ModelData":
+        """``centre``: (log N, log D) to centre on; default the data's means. A sweep fixes it per
+        study so that the compiled model survives new runs (:mod:`bayes_epm.sampler`)."""
         formats = sorted(f for f in runs["format"].unique() if f != "dense")
         index = {f: i for i, f in enumerate(formats)}
         parsed = {f: factor_levels(Format.parse(f)) for f in formats}
@@ -135,21 +161,33 @@ class ModelData:
                    fmt_idx=np.array([index.get(f, -1) for f in runs["format"]], dtype=np.int64),
                    formats=formats, levels={k: v for k, v in levels.items() if v},
                    membership={k: membership[k] for k in FACTORS if levels[k]},
-                   m_n=float(log_n.mean()), m_d=float(log_d.mean()))
+                   m_n=float(log_n.mean() if centre is None else centre[0]),
+                   m_d=float(log_d.mean() if centre is None else centre[1]))
 
 
-def build_model(runs: pd.DataFrame, priors: Priors | None = None) -> pm.Model:
-    """The PyMC model of a canonical run table (see the module docstring)."""
+def build_model(runs: pd.DataFrame, priors: Priors | None = None, *, centre: tuple[float, float] | None = None,
+                pad_to: int | None = None) -> pm.Model:
+    """The PyMC model of a canonical run table (see the module docstring).
+
+    The run data live in ``pm.Data`` containers named :attr:`ModelData.DATA` (centred log N and log D,
+    log-loss, format index, a weight that is 0 for padding, the centre of ``e``'s prior), so that
+    :mod:`bayes_epm.sampler` can compile the log-density once with them as inputs. The likelihood is
+    a ``pm.Potential`` of the weighted Student-t log-densities; runs padded in (``pad_to``) weigh 0.
+    """
     priors = priors or Priors()
-    data = ModelData.from_runs(runs)
-    coords = {"run": np.arange(len(data.log_loss)), "fmt": data.formats}
+    return _build(ModelData.from_runs(runs, centre), priors, pad_to)
+
+
+def _build(data: ModelData, priors: Priors, pad_to: int | None) -> pm.Model:
+    coords = {"fmt": data.formats}
     coords.update({f"{k}_level": v for k, v in data.levels.items()})
     if len(data.quantizers) > 1:
         coords["quantizer"] = data.quantizers
     with pm.Model(coords=coords) as model:
+        x = {k: pm.Data(k, v) for k, v in data.inputs(priors, pad_to).items()}
         alpha = pm.LogNormal("alpha", priors.exponent_mu, priors.exponent_sigma)
         beta = pm.LogNormal("beta", priors.exponent_mu, priors.exponent_sigma)
-        e = pm.Normal("e", float(data.log_loss.min()) + priors.e_offset, priors.e_sigma)
+        e = pm.Normal("e", x["e_mu"], priors.e_sigma)
         a_c = pm.Normal("a_c", priors.coef_mu, priors.coef_sigma)
         b_c = pm.Normal("b_c", priors.coef_mu, priors.coef_sigma)
         pm.Deterministic("E", pt.exp(e))
@@ -180,8 +218,8 @@ def build_model(runs: pd.DataFrame, priors: Priors | None = None) -> pm.Model:
             z_fmt = pm.Normal("z_fmt", 0.0, 1.0, dims="fmt")
             log_rho_fmt = pm.Deterministic("log_rho", log_rho_fmt + tau * z_fmt, dims="fmt")
             pm.Deterministic("epm", pt.exp(log_rho_fmt), dims="fmt")
-        log_rho_run = pt.concatenate([log_rho_fmt, pt.zeros(1)])[data.fmt_idx]  # dense: log rho = 0
-        mu = log_loss(data.log_n - data.m_n, data.log_d - data.m_d, log_rho_run, a_c, b_c, e, alpha, beta,
-                      logaddexp=pt.logaddexp)
-        pm.StudentT("log_loss", nu=nu, mu=mu, sigma=sigma, observed=data.log_loss, dims="run")
+        log_rho_run = pt.concatenate([log_rho_fmt, pt.zeros(1)])[x["fmt_idx"]]  # dense: log rho = 0
+        mu = log_loss(x["log_n_c"], x["log_d_c"], log_rho_run, a_c, b_c, e, alpha, beta, logaddexp=pt.logaddexp)
+        log_lik = pm.logp(pm.StudentT.dist(nu=nu, mu=mu, sigma=sigma), x["log_loss_obs"])
+        pm.Potential("log_lik", (x["weight"] * log_lik).sum())
     return model

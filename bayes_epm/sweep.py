@@ -159,7 +159,7 @@ def _excluded(study: Study) -> set[tuple]:
     return {point_key(r) for r in bad.to_dict("records")}
 
 
-def fit_study(study: Study, progressbar: bool = False):
+def fit_study(study: Study):
     """Fit the model on the study's finished runs and save the posterior in the study."""
     from bayes_epm.inference import fit
     from bayes_epm.posterior_store import save_fit
@@ -170,7 +170,7 @@ def fit_study(study: Study, progressbar: bool = False):
         raise RunFailure("the study has no finished dense run to fit the law on (every dense run failed or "
                          "diverged: see `bayes-epm sweep status`)")
     settings = {"draws": cfg.fit.draws, "tune": cfg.fit.tune, "chains": cfg.fit.chains, "seed": cfg.seed}
-    idata, diag = fit(table, progressbar=progressbar, **settings)
+    idata, diag = fit(table, centre=cfg.space.centre(), **settings)
     save_fit(study.posterior_dir, idata, table, diag, Priors(), settings)
     return idata, diag
 

@@ -85,4 +85,8 @@ def test_classic_fit_recovers_a_known_law():
 def test_refit_cost_benchmark():
     out = run("benchmarks/refit_cost.py", "--runs", "30", "--draws", "30", "--tune", "30", "--chains", "2")
     row = [ln for ln in out.splitlines() if ln.startswith("| 30 |")]
-    assert len(row) == 1 and len(row[0].split("|")) == 7
+    assert len(row) == 1
+    cells = [c.strip() for c in row[0].split("|")[1:-1]]
+    assert len(cells) == 7
+    first, refit, cold = (float(c) for c in cells[1:4])
+    assert refit < cold and refit < first  # the refit did not compile
