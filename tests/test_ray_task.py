@@ -17,6 +17,7 @@ def test_train_through_ray(ray_local, tiny_spec_kw):
     results = run_many(specs)
     assert [r.format for r in results] == ["dense", "w4a4"]
     assert all(r.status == "ok" for r in results)
+    assert {r.node for r in results} == {ray_local.get_runtime_context().get_node_id()}  # where it trained
 
 
 def test_gpu_request(ray_local, tiny_spec_kw):

@@ -54,7 +54,7 @@ def _device_in_task(device: str, gpu_ids: list) -> str:
 
 def _train_task(spec: dict[str, Any], fn: TrainFn | None) -> dict[str, Any]:
     spec = {**spec, "device": _device_in_task(spec["device"], ray.get_gpu_ids())}
-    return (fn or run_spec)(spec).to_dict()
+    return {**(fn or run_spec)(spec).to_dict(), "node": ray.get_runtime_context().get_node_id()}
 
 
 _remote_train = ray.remote(_train_task)

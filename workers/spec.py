@@ -188,6 +188,7 @@ class RunResult:
     data_source: str = ""
     data_sha256: str = ""
     torch_version: str = ""
+    node: str = ""  # the Ray node that trained it (empty outside Ray)
     spec: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
