@@ -77,7 +77,9 @@ class RayBackend:
 
         self._started = not ray.is_initialized()
         if self._started:
-            ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
+            # "local" (not None): an empty address means a new local Ray even where a `ray start`
+            # cluster runs on this machine, which ray.init() would otherwise join
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False)
         self.num_gpus, self.device, self.fn, self._pending = num_gpus, device, fn, {}
 
     def start(self, run_id: int, spec: dict) -> None:
@@ -175,8 +177,11 @@ def fit_study(study: Study):
     return idata, diag
 
 
-def run_sweep(study: Study, on_event: Event | None = None) -> SweepOutcome:
-    """Create-or-continue the sweep of ``study`` until it stops; returns the outcome."""
+def run_sweep(study: Study, on_event: Event | None = None, choose=choose_batch) -> SweepOutcome:
+    """Create-or-continue the sweep of ``study`` until it stops; returns the outcome.
+
+    ``choose`` picks each batch (signature of :func:`bayes_epm.acquisition.choose_batch`); the
+    design-efficiency benchmark swaps in a random choice to compare against."""
     on_event = on_event or (lambda kind, payload: None)
     cfg = study.config
     truth = preflight(cfg)
@@ -206,7 +211,7 @@ def run_sweep(study: Study, on_event: Event | None = None) -> SweepOutcome:
             else:
                 cost = {f: cost_factor(truth, f) for f in cfg.space.formats}
                 cands = candidates(cfg.space, cost, exclude=_excluded(study))
-                batch = choose_batch(idata, cands, cfg.space.targets, cfg.budget.batch, hdi_width=cfg.budget.hdi_width,
+                batch = choose(idata, cands, cfg.space.targets, cfg.budget.batch, hdi_width=cfg.budget.hdi_width,
                                      budget_left=cfg.budget.flops - spent, seed=cfg.seed + iteration)
                 if batch.empty:
                     reason = "budget"
