@@ -303,7 +303,8 @@ def _sweep_printer(console: Console, budget: float):
                               f"width {t.hdi_width:.3f}")
         elif kind == "proposed":
             b = p["batch"]
-            console.print(f"next batch ({len(b)}): " + ", ".join(
+            busy = f" ({p['in_flight']} still in flight)" if p.get("in_flight") else ""
+            console.print(f"next {len(b)} run(s){busy}: " + ", ".join(
                 f"{r['format']} N={r['params']:.3g} D/N={r['tokens_per_param']:g}" for r in b.to_dict("records")))
     return on_event
 

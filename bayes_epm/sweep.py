@@ -1,11 +1,14 @@
 """The active sweep: propose -> train -> store -> refit, until the budget is spent or the targets are pinned.
 
-One iteration: every ``proposed`` run of the study is dispatched (Ray for real training, in-process
-for the simulated lab), results are stored as they complete (completion order), the model is refit
-on every finished run, the fit is saved in the study, and the next batch is chosen by
-:mod:`bayes_epm.acquisition`. The loop stops when every target's 90% HDI is narrower than
+Runs are kept in flight continuously: the initial design is dispatched (Ray for real training,
+in-process for the simulated lab) and fitted once it has all landed; from then on, whenever a run
+finishes and a slot of ``budget.batch`` is free, its result is stored, the model is refit on every
+finished run (the fit is saved in the study) and :mod:`bayes_epm.acquisition` fills the free slots,
+treating the runs still in flight as pending observations. With the simulated lab, which answers
+at once, this is batch by batch. The loop stops when every target's 90% HDI is narrower than
 ``budget.hdi_width`` (``"target"``), when no affordable run is left in the budget (``"budget"``),
-or after ``budget.max_iterations`` refits (``"iterations"``).
+or after ``budget.max_iterations`` proposal rounds (``"iterations"``); runs still in flight then
+land and are fitted before it returns.
 
 Because every state change is a store transaction, a driver killed at any point resumes where it
 was: finished runs are never trained again, runs that were in flight are run again, and a batch
@@ -17,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -58,9 +61,13 @@ class SimulatedBackend:
     def start(self, run_id: int, spec: dict) -> None:
         self._queue.append((run_id, simulate_run(self.truth, spec, self.seed, run_id)))
 
-    def completed(self) -> Iterator[tuple[int, dict]]:
-        while self._queue:
-            yield self._queue.pop(0)
+    def wait(self) -> list[tuple[int, dict]]:
+        """Every run started and not yet collected (the lab answers at once)."""
+        done, self._queue = self._queue, []
+        return done
+
+    def in_flight(self) -> int:
+        return len(self._queue)
 
     def close(self) -> None:
         """Nothing to release: the lab holds no processes."""
@@ -90,13 +97,28 @@ class RayBackend:
                                seed=int(spec.get("seed", 0)), device=self.device)
         self._pending[submit(train_spec, num_gpus=self.num_gpus, fn=self.fn)] = (run_id, train_spec)
 
-    def completed(self) -> Iterator[tuple[int, dict]]:
-        from bayes_epm.workers.ray_task import as_completed
+    def wait(self) -> list[tuple[int, dict]]:
+        """Block until at least one run in flight finishes; return it and any others already done,
+        in completion order (empty when nothing is in flight)."""
+        import ray
 
-        specs = {ref: spec for ref, (_, spec) in self._pending.items()}
-        for ref, result in as_completed(specs):
-            run_id, _ = self._pending.pop(ref)
-            yield run_id, result.to_dict()
+        from bayes_epm.workers.ray_task import result_of
+
+        if not self._pending:
+            return []
+        refs = list(self._pending)
+        done, rest = ray.wait(refs, num_returns=1)
+        if rest:
+            more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
+            done += more
+        out = []
+        for ref in done:
+            run_id, spec = self._pending.pop(ref)
+            out.append((run_id, result_of(ref, spec).to_dict()))
+        return out
+
+    def in_flight(self) -> int:
+        return len(self._pending)
 
     def close(self) -> None:
         import ray
@@ -143,17 +165,29 @@ def preflight(cfg: StudyConfig) -> LabTruth | None:
     return truth
 
 
-def _dispatch(study: Study, backend, on_event: Event) -> None:
-    proposed = study.runs("proposed")
-    for run_id in proposed["id"]:
+def _start_proposed(study: Study, backend, on_event: Event) -> None:
+    for run_id in study.runs("proposed")["id"]:
         study.mark_running(int(run_id))
         backend.start(int(run_id), study.spec(int(run_id)))
         on_event("started", {"id": int(run_id), **study.spec(int(run_id))})
-    for run_id, result in backend.completed():
+
+
+def _collect(study: Study, backend, on_event: Event) -> int:
+    """Store the runs that finished (waiting for at least one if any is in flight); how many."""
+    finished = backend.wait()
+    for run_id, result in finished:
         status = study.record(run_id, result)
         on_event("finished", {"id": run_id, "status": status, "loss": result.get("loss"),
                               "error": result.get("error", ""), **study.spec(run_id),
                               "counts": study.counts(), "flops_spent": study.flops_spent()})
+    return len(finished)
+
+
+def _dispatch(study: Study, backend, on_event: Event) -> None:
+    """Start every proposed run and store every result (the whole batch)."""
+    _start_proposed(study, backend, on_event)
+    while backend.in_flight():
+        _collect(study, backend, on_event)
 
 
 def _excluded(study: Study) -> set[tuple]:
@@ -177,6 +211,16 @@ def fit_study(study: Study):
     return idata, diag
 
 
+def _refit(study: Study, iteration: int, on_event: Event):
+    """Fit the study, report it; returns (idata, diagnostics, target states, FLOPs spent)."""
+    t0 = time.perf_counter()
+    idata, diag = fit_study(study)
+    states, spent = target_states(idata, study.config.space.targets), study.flops_spent()
+    on_event("fitted", {"iteration": iteration, "targets": states, "diagnostics": diag,
+                        "fit_s": time.perf_counter() - t0, "flops_spent": spent, "counts": study.counts()})
+    return idata, diag, states, spent
+
+
 def run_sweep(study: Study, on_event: Event | None = None, choose=choose_batch) -> SweepOutcome:
     """Create-or-continue the sweep of ``study`` until it stops; returns the outcome.
 
@@ -194,15 +238,13 @@ def run_sweep(study: Study, on_event: Event | None = None, choose=choose_batch) 
     backend = make_backend(cfg, truth)
     try:
         iteration = max(study.last_iteration(), 0)
+        _start_proposed(study, backend, on_event)
         while True:
-            _dispatch(study, backend, on_event)
-            t0 = time.perf_counter()
-            idata, diag = fit_study(study)
-            states = target_states(idata, cfg.space.targets)
-            spent = study.flops_spent()
-            on_event("fitted", {"iteration": iteration, "targets": states, "diagnostics": diag,
-                                "fit_s": time.perf_counter() - t0, "flops_spent": spent,
-                                "counts": study.counts()})
+            _collect(study, backend, on_event)  # waits for at least one run when any is in flight
+            in_flight = study.runs("running")
+            if (in_flight["iteration"] == 0).any() or len(in_flight) >= cfg.budget.batch:
+                continue  # the initial design completes before the first fit; no free slot yet
+            idata, diag, states, spent = _refit(study, iteration, on_event)
             reason = None
             if all(s.hdi_width <= cfg.budget.hdi_width for s in states):
                 reason = "target"
@@ -210,9 +252,11 @@ def run_sweep(study: Study, on_event: Event | None = None, choose=choose_batch) 
                 reason = "iterations"
             else:
                 cost = {f: cost_factor(truth, f) for f in cfg.space.formats}
+                committed = float((6 * in_flight["params"] * in_flight["tokens"] * in_flight["cost"]).sum())
                 cands = candidates(cfg.space, cost, exclude=_excluded(study))
-                batch = choose(idata, cands, cfg.space.targets, cfg.budget.batch, hdi_width=cfg.budget.hdi_width,
-                                     budget_left=cfg.budget.flops - spent, seed=cfg.seed + iteration)
+                batch = choose(idata, cands, cfg.space.targets, cfg.budget.batch - len(in_flight),
+                               pending=in_flight[["params", "tokens", "format"]], hdi_width=cfg.budget.hdi_width,
+                               budget_left=cfg.budget.flops - spent - committed, seed=cfg.seed + iteration)
                 if batch.empty:
                     reason = "budget"
                 else:
@@ -221,7 +265,12 @@ def run_sweep(study: Study, on_event: Event | None = None, choose=choose_batch) 
                     specs = _specs(batch.to_dict("records"), n_runs)
                     study.propose(specs, iteration=iteration, scores=batch["score"].tolist(),
                                   costs=[cost[s["format"]] for s in specs])
-                    on_event("proposed", {"iteration": iteration, "batch": batch})
+                    on_event("proposed", {"iteration": iteration, "batch": batch, "in_flight": len(in_flight)})
+                    _start_proposed(study, backend, on_event)
+            if reason and len(in_flight):  # results are never dropped: the runs in flight land, one last fit
+                while backend.in_flight():
+                    _collect(study, backend, on_event)
+                idata, diag, states, spent = _refit(study, iteration, on_event)
             if reason:
                 counts = study.counts()
                 return SweepOutcome(runs=counts["done"], failed=counts["failed"], diverged=counts["diverged"],

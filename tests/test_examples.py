@@ -90,3 +90,28 @@ def test_refit_cost_benchmark():
     assert len(cells) == 7
     first, refit, cold = (float(c) for c in cells[1:4])
     assert refit < cold and refit < first  # the refit did not compile
+
+
+def test_design_efficiency_benchmark():
+    out = run("benchmarks/design_efficiency.py", "--seeds", "1", "--draws", "60", "--tune", "60",
+              "--max-iterations", "1")
+    rows = {ln.split("|")[1].strip(): ln for ln in out.splitlines() if ln.startswith("| ")}
+    assert {"active", "random", "grid", "oracle floor"} <= set(rows)
+    assert "| 100.00% |" in rows["grid"]  # the grid is its own yardstick
+    for line in ("active / grid FLOPs:", "active / oracle floor:", "active coverage:"):
+        assert line in out
+
+
+def test_oracle_floor_shrinks_with_a_wider_target():
+    """The Fisher oracle: a wider target width needs fewer FLOPs, and a noisier lab more."""
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("design_efficiency", ROOT / "benchmarks/design_efficiency.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    base = dict(seeds=1, draws=10, tune=10, max_iterations=1, out=None)
+    tight, _ = mod.oracle_flops(argparse.Namespace(width=0.05, noise=0.01, **base))
+    wide, _ = mod.oracle_flops(argparse.Namespace(width=0.2, noise=0.01, **base))
+    noisy, _ = mod.oracle_flops(argparse.Namespace(width=0.05, noise=0.03, **base))
+    assert 0 < wide < tight < noisy

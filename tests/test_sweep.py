@@ -319,3 +319,49 @@ def test_ray_dispatch_stores_failures_divergences_and_results(ray_local, tmp_pat
         assert len(_excluded(study)) == 3  # and are never proposed again
         assert sum(kind == "finished" for kind, _ in events) == 4
         assert runs["attempts"].tolist() == [1, 1, 1, 1]
+
+
+class _OneAtATimeLab:
+    """The simulated lab, but runs land one at a time, oldest first: a cluster where runs finish
+    while others are still training."""
+
+    def __init__(self, truth, seed):
+        from bayes_epm.sweep import SimulatedBackend
+
+        self.inner, self.waiting = SimulatedBackend(truth, seed), []
+
+    def start(self, run_id, spec):
+        self.inner.start(run_id, spec)
+        self.waiting += self.inner.wait()
+
+    def wait(self):
+        return [self.waiting.pop(0)] if self.waiting else []
+
+    def in_flight(self):
+        return len(self.waiting)
+
+    def close(self):
+        pass
+
+
+def test_free_slots_are_refilled_while_runs_are_in_flight(cfg_dir, tmp_path, monkeypatch):
+    """With batch = 3, each finished run frees one slot: the sweep refits and proposes one run,
+    with the two still training as pending, instead of waiting for the whole batch."""
+    from bayes_epm import sweep
+
+    monkeypatch.setattr(sweep, "make_backend", lambda cfg, truth: _OneAtATimeLab(truth, cfg.seed))
+    events = []
+    with Study.create(tmp_path / "s", cfg_dir(hdi_width=0.001)) as study:
+        outcome = sweep.run_sweep(study, lambda kind, p: events.append((kind, p)))
+        runs = study.runs()
+    assert outcome.stopped_because == "iterations"
+    proposals = [p for kind, p in events if kind == "proposed"]
+    assert [len(p["batch"]) for p in proposals] == [3, 1, 1]  # after the first batch: one free slot at a time
+    assert [p["in_flight"] for p in proposals] == [0, 2, 2]
+    fits = [kind for kind, _ in events if kind == "fitted"]
+    assert len(fits) == 1 + 3 + 1  # the design; 3 refits with a free slot; once the last 2 in flight land
+    order = [(kind, p["id"]) for kind, p in events if kind in ("started", "finished")]
+    first_of_batch_2 = int(runs.loc[runs["iteration"] == 2, "id"].min())
+    last_of_batch_1 = int(runs.loc[runs["iteration"] == 1, "id"].max())
+    assert order.index(("started", first_of_batch_2)) < order.index(("finished", last_of_batch_1))
+    assert (runs["status"] == "done").all() and len(runs) == 9 + 3 + 1 + 1  # nothing left in flight
