@@ -62,10 +62,16 @@ def point_key(r: dict) -> tuple:
 
 def initial_design(space: Space) -> list[dict]:
     """A few space-filling runs that identify the law: dense at the smallest size with the least
-    and the most tokens per parameter and at the middle size; every other format at the smallest
-    and the middle size with the middle tokens per parameter."""
+    and the most tokens per parameter and at a second size; every other format at the smallest
+    and the second size with the middle tokens per parameter.
+
+    The second size is the grid size nearest 4x the smallest, at most the middle one: enough range
+    in N to start the exponent, while the initial design's FLOPs stay near the smallest runs'
+    (on 1e7-1e9 the middle size made the design 90% of a sweep's FLOPs:
+    ``benchmarks/design_efficiency.py``); the acquisition adds larger runs where they pay."""
     sizes = size_grid(space)
-    lo, mid = float(sizes[0]), float(sizes[len(sizes) // 2])
+    second = min(int(np.argmin(np.abs(np.log(sizes / (4 * sizes[0]))))), len(sizes) // 2)
+    lo, mid = float(sizes[0]), float(sizes[second])
     tpp = space.tokens_per_param
     t_lo, t_mid, t_hi = tpp[0], tpp[len(tpp) // 2], tpp[-1]
     design = [(lo, t_lo, "dense"), (lo, t_hi, "dense"), (mid, t_mid, "dense")]

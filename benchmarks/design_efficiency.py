@@ -1,7 +1,7 @@
 """How much training compute the active design needs, against the full grid, random choice and an
 oracle floor, in the simulated lab (median over seeds, with the 90% HDIs' coverage of the truth).
 
-    python benchmarks/design_efficiency.py                        # 5 seeds, about 30 minutes on 2 cores
+    python benchmarks/design_efficiency.py                        # 5 seeds, batches of 8, 4 x 300 draws per refit
     python benchmarks/design_efficiency.py --seeds 1 --draws 100 --tune 100 --max-iterations 2   # a minute
 
 Arms, each on the same truth, space, fit settings and stopping rule (every target's 90% HDI
@@ -68,7 +68,7 @@ tokens_per_param = [10, 20, 40]
 [budget]
 flops = {budget:.6e}
 hdi_width = {width}
-batch = 4
+batch = {batch}
 max_iterations = {max_iterations}
 
 [backend]
@@ -88,7 +88,7 @@ def write_study_files(root: Path, args, seed: int, budget: float) -> Path:
     (root / "truth.toml").write_text(TRUTH.format(noise=args.noise))
     fmt = lambda xs: "[" + ", ".join(f'"{x}"' for x in xs) + "]"  # noqa: E731
     (root / "study.toml").write_text(CONFIG.format(seed=seed, formats=fmt(FORMATS), targets=fmt(TARGETS),
-                                                   budget=budget, width=args.width, draws=args.draws, tune=args.tune,
+                                                   budget=budget, width=args.width, batch=args.batch, draws=args.draws, tune=args.tune,
                                                    max_iterations=args.max_iterations))
     return root / "study.toml"
 
@@ -192,9 +192,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--width", type=float, default=0.05, help="target 90%% HDI width of every target's EPM")
     ap.add_argument("--noise", type=float, default=0.01, help="noise sd on log-loss")
-    ap.add_argument("--draws", type=int, default=500)
-    ap.add_argument("--tune", type=int, default=500)
-    ap.add_argument("--max-iterations", type=int, default=40)
+    ap.add_argument("--batch", type=int, default=8, help="runs per batch (the simulated lab answers at once)")
+    ap.add_argument("--draws", type=int, default=300, help="per chain (4 chains), each refit")
+    ap.add_argument("--tune", type=int, default=300)
+    ap.add_argument("--max-iterations", type=int, default=30)
     ap.add_argument("--out", default=None, help="keep the studies here (default: a temporary directory)")
     args = ap.parse_args()
 

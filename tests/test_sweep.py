@@ -365,3 +365,21 @@ def test_free_slots_are_refilled_while_runs_are_in_flight(cfg_dir, tmp_path, mon
     last_of_batch_1 = int(runs.loc[runs["iteration"] == 1, "id"].max())
     assert order.index(("started", first_of_batch_2)) < order.index(("finished", last_of_batch_1))
     assert (runs["status"] == "done").all() and len(runs) == 9 + 3 + 1 + 1  # nothing left in flight
+
+
+@pytest.mark.parametrize("params, second", [((1e7, 1e9), 2), ((2e4, 3e5), 4), ((2e4, 1e5), 4)])
+def test_initial_design_identifies_the_law_cheaply(params, second):
+    """Two token ratios for dense, two sizes for every format; the second size is the grid size
+    nearest 4x the smallest, never past the middle."""
+    from bayes_epm.acquisition import initial_design, size_grid
+    from bayes_epm.config import Space
+
+    space = Space(formats=["dense", "s0.5", "w4a4"], targets=["s0.5", "w4a4"], params=params,
+                  tokens_per_param=[10, 20, 40])
+    design = initial_design(space)
+    sizes = size_grid(space)
+    assert sorted({d["params"] for d in design}) == [sizes[0], sizes[second]]
+    dense = [d for d in design if d["format"] == "dense"]
+    assert {d["tokens"] / d["params"] for d in dense} == {10, 20, 40}
+    for f in ("s0.5", "w4a4"):
+        assert sorted(d["params"] for d in design if d["format"] == f) == [sizes[0], sizes[second]]
