@@ -59,12 +59,6 @@ class Space:
     params: tuple[float, float]
     tokens_per_param: list[float]
 
-    def centre(self) -> tuple[float, float]:
-        """(log N, log D) at the middle of the space (geometric means): the study's fixed centring of
-        the law, so that every refit has the same model structure and reuses its compiled sampler."""
-        log_n = (math.log(self.params[0]) + math.log(self.params[1])) / 2
-        return log_n, log_n + sum(math.log(t) for t in self.tokens_per_param) / len(self.tokens_per_param)
-
 
 @dataclass(frozen=True)
 class Budget:

@@ -6,7 +6,9 @@ finishes and a slot of ``budget.batch`` is free, its result is stored, the model
 finished run (the fit is saved in the study) and :mod:`bayes_epm.acquisition` fills the free slots,
 treating the runs still in flight as pending observations. With the simulated lab, which answers
 at once, this is batch by batch. The loop stops when every target's 90% HDI is narrower than
-``budget.hdi_width`` (``"target"``), when no affordable run is left in the budget (``"budget"``),
+``budget.hdi_width`` on a converged fit (``"target"``; a fit that missed r-hat, ESS or divergence
+checks can show intervals far too narrow -- 9 runs, r-hat 1.56, the noise scale stuck near 0 --
+so it never stops the sweep), when no affordable run is left in the budget (``"budget"``),
 or after ``budget.max_iterations`` proposal rounds (``"iterations"``); runs still in flight then
 land and are fitted before it returns.
 
@@ -24,7 +26,8 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from bayes_epm.acquisition import TargetState, candidates, choose_batch, initial_design, point_key, target_states
+from bayes_epm.acquisition import (TargetState, candidates, choose_batch, initial_design, point_key, study_centre,
+                                   target_states)
 from bayes_epm.config import LabTruth, StudyConfig, load_truth
 from bayes_epm.errors import InvalidInputError, RunFailure
 from bayes_epm.lab import cost_factor, simulate_run, true_epm
@@ -206,7 +209,7 @@ def fit_study(study: Study):
         raise RunFailure("the study has no finished dense run to fit the law on (every dense run failed or "
                          "diverged: see `bayes-epm sweep status`)")
     settings = {"draws": cfg.fit.draws, "tune": cfg.fit.tune, "chains": cfg.fit.chains, "seed": cfg.seed}
-    idata, diag = fit(table, centre=cfg.space.centre(), **settings)
+    idata, diag = fit(table, centre=study_centre(cfg.space), **settings)
     save_fit(study.posterior_dir, idata, table, diag, Priors(), settings)
     return idata, diag
 
@@ -246,8 +249,8 @@ def run_sweep(study: Study, on_event: Event | None = None, choose=choose_batch) 
                 continue  # the initial design completes before the first fit; no free slot yet
             idata, diag, states, spent = _refit(study, iteration, on_event)
             reason = None
-            if all(s.hdi_width <= cfg.budget.hdi_width for s in states):
-                reason = "target"
+            if diag.converged and all(s.hdi_width <= cfg.budget.hdi_width for s in states):
+                reason = "target"  # never on a fit that missed a diagnostic: its intervals mean nothing
             elif iteration >= cfg.budget.max_iterations:
                 reason = "iterations"
             else:

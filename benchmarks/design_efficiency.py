@@ -1,7 +1,7 @@
 """How much training compute the active design needs, against the full grid, random choice and an
 oracle floor, in the simulated lab (median over seeds, with the 90% HDIs' coverage of the truth).
 
-    python benchmarks/design_efficiency.py                        # 5 seeds, batches of 8, 4 x 300 draws per refit
+    python benchmarks/design_efficiency.py                        # 5 seeds, batches of 8, 4 x 500 draws per refit
     python benchmarks/design_efficiency.py --seeds 1 --draws 100 --tune 100 --max-iterations 2   # a minute
 
 Arms, each on the same truth, space, fit settings and stopping rule (every target's 90% HDI
@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 import bayes_epm.inference as inference  # first: it sets JAX's host device count
-from bayes_epm.acquisition import candidates, size_grid, target_states
+from bayes_epm.acquisition import candidates, size_grid, study_centre, target_states
 from bayes_epm.config import load_config, load_truth
 from bayes_epm.lab import simulate_run, true_epm
 from bayes_epm.law import log_loss
@@ -135,7 +135,7 @@ def grid_arm(root: Path, args, seed: int) -> dict:
     runs = pd.DataFrame([simulate_run(truth, s, seed, i) for i, s in enumerate(specs)])
     t0 = time.perf_counter()
     idata, diag = inference.fit(runs[["params", "tokens", "loss", "format"]], draws=args.draws, tune=args.tune,
-                                chains=4, seed=seed, centre=config.space.centre())
+                                chains=4, seed=seed)
     states = target_states(idata, TARGETS)
     return {"arm": "grid", "seed": seed, "flops": float(runs["flops"].sum()), "runs": len(runs),
             "reached": max(s.hdi_width for s in states) <= args.width, "stopped": "grid done",
@@ -148,7 +148,7 @@ def oracle_flops(args) -> tuple[float, int]:
     with tempfile.TemporaryDirectory() as tmp:
         config = load_config(write_study_files(Path(tmp), args, 0, 1e30))
         truth = load_truth(Path(tmp) / "truth.toml")
-    m_n, m_d = config.space.centre()
+    m_n, m_d = study_centre(config.space)
     cands = candidates(config.space)
     priors = Priors()
     # parameters: e, a_c, b_c, alpha, beta, log rho of each target (composites: sums of targets)
@@ -193,8 +193,8 @@ def main() -> None:
     ap.add_argument("--width", type=float, default=0.05, help="target 90%% HDI width of every target's EPM")
     ap.add_argument("--noise", type=float, default=0.01, help="noise sd on log-loss")
     ap.add_argument("--batch", type=int, default=8, help="runs per batch (the simulated lab answers at once)")
-    ap.add_argument("--draws", type=int, default=300, help="per chain (4 chains), each refit")
-    ap.add_argument("--tune", type=int, default=300)
+    ap.add_argument("--draws", type=int, default=500, help="per chain (4 chains), each refit")
+    ap.add_argument("--tune", type=int, default=500)
     ap.add_argument("--max-iterations", type=int, default=30)
     ap.add_argument("--out", default=None, help="keep the studies here (default: a temporary directory)")
     args = ap.parse_args()
