@@ -36,6 +36,7 @@ from bayes_epm.store import Study
 
 Event = Callable[[str, dict], None]
 STOP_REASONS = ("target", "budget", "iterations")
+LONGER_IF_R_HAT_BELOW = 1.05  # a fit short only of ESS (no divergence, r-hat this close) is rerun with 2x draws
 
 
 @dataclass
@@ -210,6 +211,11 @@ def fit_study(study: Study):
                          "diverged: see `bayes-epm sweep status`)")
     settings = {"draws": cfg.fit.draws, "tune": cfg.fit.tune, "chains": cfg.fit.chains, "seed": cfg.seed}
     idata, diag = fit(table, centre=study_centre(cfg.space), **settings)
+    if not diag.converged and not diag.divergences and diag.r_hat_max <= LONGER_IF_R_HAT_BELOW:
+        # the chains agree but are too short for ESS >= 400 (few runs: funnel-shaped nuisance
+        # directions): run them once more with twice the draws, as one would by hand
+        settings = {**settings, "draws": 2 * cfg.fit.draws}
+        idata, diag = fit(table, centre=study_centre(cfg.space), **settings)
     save_fit(study.posterior_dir, idata, table, diag, Priors(), settings)
     return idata, diag
 
