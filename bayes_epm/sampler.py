@@ -50,6 +50,7 @@ from numpyro.infer.hmc import hmc
 from pymc.backends.arviz import coords_and_dims_for_inferencedata
 from pymc.sampling.jax import get_jaxified_graph
 from pymc.util import get_default_varnames
+from pytensor.graph.traversal import graph_inputs
 from pytensor.graph.replace import clone_replace
 
 from bayes_epm.model import ModelData, Priors, _build
@@ -89,6 +90,11 @@ class CompiledModel:
         self.priors, self.pad_to, self.settings = priors, pad_to, settings
         self.model = model = _build(data, priors, pad_to)
         self.traces = 0
+        # every data container must be an input: get_jaxified_graph would freeze any other one at
+        # this fit's values, and every refit of the cache entry would silently reuse them
+        if {v.name for v in model.data_vars} != set(ModelData.DATA):
+            raise RuntimeError(f"the model's data containers {sorted(v.name for v in model.data_vars)} are not "
+                               f"the sampler's inputs {sorted(ModelData.DATA)}")
         shared = [model[name] for name in ModelData.DATA]
         symbolic = [s.type() for s in shared]
         value_vars = model.value_vars
@@ -133,6 +139,8 @@ class CompiledModel:
         else:
             self._run = jax.jit(jax.vmap(one_chain, in_axes=(0, 0, None)))
         outputs = list(get_default_varnames(model.unobserved_value_vars, include_transformed=False))
+        if set(graph_inputs(outputs)) & set(shared):  # deterministics are evaluated without the data
+            raise RuntimeError("a deterministic of the model reads run data; the sampler maps draws without it")
         self.var_names = [v.name for v in outputs]
         with _no_blas_warning():
             constrain = get_jaxified_graph(inputs=value_vars, outputs=outputs)

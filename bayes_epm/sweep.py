@@ -19,6 +19,7 @@ that was proposed but not started is started.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -88,9 +89,10 @@ class RayBackend:
 
         self._started = not ray.is_initialized()
         if self._started:
-            # "local" (not None): an empty address means a new local Ray even where a `ray start`
-            # cluster runs on this machine, which ray.init() would otherwise join
-            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False)
+            # empty address: RAY_ADDRESS when set (a driver started by `ray job submit`), else a new
+            # local Ray even where a `ray start` cluster runs on this machine (which ray.init() joins)
+            address = address or (None if os.environ.get("RAY_ADDRESS") else "local")
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
         self.num_gpus, self.device, self.fn, self._pending = num_gpus, device, fn, {}
 
     def start(self, run_id: int, spec: dict) -> None:
@@ -214,7 +216,7 @@ def fit_study(study: Study):
     if not diag.converged and not diag.divergences and diag.r_hat_max <= LONGER_IF_R_HAT_BELOW:
         # the chains agree but are too short for ESS >= 400 (few runs: funnel-shaped nuisance
         # directions): run them once more with twice the draws, as one would by hand
-        settings = {**settings, "draws": 2 * cfg.fit.draws}
+        settings = {**settings, "draws": 2 * cfg.fit.draws, "seed": cfg.seed + 1}  # new draws, not a repeat
         idata, diag = fit(table, centre=study_centre(cfg.space), **settings)
     save_fit(study.posterior_dir, idata, table, diag, Priors(), settings)
     return idata, diag
@@ -251,6 +253,10 @@ def run_sweep(study: Study, on_event: Event | None = None, choose=choose_batch) 
         while True:
             _collect(study, backend, on_event)  # waits for at least one run when any is in flight
             in_flight = study.runs("running")
+            if len(in_flight) and not backend.in_flight():
+                raise RunFailure(f"{len(in_flight)} run(s) of the study are marked running but this driver "
+                                 "started none of them: is another driver working on this study? Stop it, "
+                                 "then `bayes-epm sweep resume` runs them again")
             if (in_flight["iteration"] == 0).any() or len(in_flight) >= cfg.budget.batch:
                 continue  # the initial design completes before the first fit; no free slot yet
             idata, diag, states, spent = _refit(study, iteration, on_event)

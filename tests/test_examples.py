@@ -110,7 +110,7 @@ def test_oracle_floor_shrinks_with_a_wider_target():
     spec = importlib.util.spec_from_file_location("design_efficiency", ROOT / "benchmarks/design_efficiency.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    base = dict(seeds=1, draws=10, tune=10, max_iterations=1, out=None)
+    base = dict(seeds=1, batch=4, draws=10, tune=10, max_iterations=1, out=None)
     tight, _ = mod.oracle_flops(argparse.Namespace(width=0.05, noise=0.01, **base))
     wide, _ = mod.oracle_flops(argparse.Namespace(width=0.2, noise=0.01, **base))
     noisy, _ = mod.oracle_flops(argparse.Namespace(width=0.05, noise=0.03, **base))

@@ -59,13 +59,18 @@ def test_refit_on_grown_data_reuses_the_compiled_program():
     from bayes_epm import sampler
     from bayes_epm.inference import fit
 
+    from bayes_epm.model import ModelData, Priors
+
     runs = _runs(45)
     centre = (float(np.log(1e8)), float(np.log(2e9)))
+    settings = sampler.Settings(draws=60, tune=60, chains=2, target_accept=0.9, dense_mass=False)
     idata1, d1 = fit(runs.iloc[:40], draws=60, tune=60, chains=2, seed=1, centre=centre)
-    cm = next(c for c in sampler._CACHE.values() if c.pad_to == 64 and c.settings.draws == 60)
-    assert cm.traces == 1
+    cm = sampler.compiled(ModelData.from_runs(runs.iloc[:40], centre), Priors(), settings)
+    assert cm.traces == 1 and cm.pad_to == 64
+    cached = len(sampler._CACHE)
     idata2, d2 = fit(runs, draws=60, tune=60, chains=2, seed=1, centre=centre)
-    assert cm.traces == 1  # not traced (hence not compiled) again
+    assert sampler.compiled(ModelData.from_runs(runs, centre), Priors(), settings) is cm  # the same program
+    assert len(sampler._CACHE) == cached and cm.traces == 1  # nothing built or traced again
     assert idata1.observed_data["log_loss"].size == 40 and idata2.observed_data["log_loss"].size == 45
     assert not np.allclose(idata1.posterior["alpha"].values, idata2.posterior["alpha"].values)
     assert d2.chain_method == cm.chain_method and d2.draws == 60 and d2.chains == 2

@@ -407,5 +407,6 @@ def test_a_fit_that_missed_a_diagnostic_never_stops_the_sweep_on_target(cfg_dir,
         outcome = sweep.run_sweep(study, lambda kind, p: events.append((kind, p)))
     fits = [p["diagnostics"] for kind, p in events if kind == "fitted"]
     assert not fits[0].converged and any(kind == "proposed" for kind, _ in events)
-    assert outcome.stopped_because == "target" and fits[-1].converged == outcome.diagnostics["converged"] is True
+    assert outcome.stopped_because == "target" and fits[-1].converged
+    assert outcome.diagnostics["converged"] is True
     assert outcome.runs == 9 + 3  # the initial design, then one batch of 3 before the converged fit stopped it
