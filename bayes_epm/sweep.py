@@ -222,6 +222,10 @@ def fit_study(study: Study):
     return idata, diag
 
 
+def _target_met(diag, states: list[TargetState], hdi_width: float) -> bool:
+    return diag.converged and all(s.hdi_width <= hdi_width for s in states)
+
+
 def _refit(study: Study, iteration: int, on_event: Event):
     """Fit the study, report it; returns (idata, diagnostics, target states, FLOPs spent)."""
     t0 = time.perf_counter()
@@ -250,8 +254,10 @@ def run_sweep(study: Study, on_event: Event | None = None, choose=choose_batch) 
     try:
         iteration = max(study.last_iteration(), 0)
         _start_proposed(study, backend, on_event)
+        fitted = None  # a fit already made on everything landed, to decide from
         while True:
-            _collect(study, backend, on_event)  # waits for at least one run when any is in flight
+            if fitted is None:
+                _collect(study, backend, on_event)  # waits for at least one run when any is in flight
             in_flight = study.runs("running")
             if len(in_flight) and not backend.in_flight():
                 raise RunFailure(f"{len(in_flight)} run(s) of the study are marked running but this driver "
@@ -259,9 +265,10 @@ def run_sweep(study: Study, on_event: Event | None = None, choose=choose_batch) 
                                  "then `bayes-epm sweep resume` runs them again")
             if (in_flight["iteration"] == 0).any() or len(in_flight) >= cfg.budget.batch:
                 continue  # the initial design completes before the first fit; no free slot yet
-            idata, diag, states, spent = _refit(study, iteration, on_event)
+            idata, diag, states, spent = fitted or _refit(study, iteration, on_event)
+            fitted = None
             reason = None
-            if diag.converged and all(s.hdi_width <= cfg.budget.hdi_width for s in states):
+            if _target_met(diag, states, cfg.budget.hdi_width):
                 reason = "target"  # never on a fit that missed a diagnostic: its intervals mean nothing
             elif iteration >= cfg.budget.max_iterations:
                 reason = "iterations"
@@ -286,6 +293,9 @@ def run_sweep(study: Study, on_event: Event | None = None, choose=choose_batch) 
                 while backend.in_flight():
                     _collect(study, backend, on_event)
                 idata, diag, states, spent = _refit(study, iteration, on_event)
+                if reason == "target" and not _target_met(diag, states, cfg.budget.hdi_width):
+                    fitted = (idata, diag, states, spent)  # the landed runs changed the answer: go on
+                    continue
             if reason:
                 counts = study.counts()
                 return SweepOutcome(runs=counts["done"], failed=counts["failed"], diverged=counts["diverged"],
