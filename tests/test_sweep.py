@@ -36,7 +36,9 @@ noise_sd = 0.01
 """
 
 
-def config_text(hdi_width=0.5, flops=1e21, batch=3, extra=""):
+def config_text(hdi_width=0.5, flops=1e21, batch=3, extra="", draws=200, chains=2):
+    """A simulated study. Small fits by default (these tests are about the loop); the tests that
+    need a converged fit to stop on the target ask for the study default, 4 chains x 500."""
     return f"""
 seed = 1
 [space]
@@ -53,9 +55,9 @@ max_iterations = 3
 kind = "simulate"
 truth = "truth.toml"
 [fit]
-draws = 500
-tune = 500
-chains = 4
+draws = {draws}
+tune = {draws}
+chains = {chains}
 {extra}
 """
 
@@ -174,7 +176,8 @@ def _cli(argv) -> int:
 
 # -- the loop -------------------------------------------------------------------------------------
 def test_sweep_stops_at_target(cfg_dir, tmp_path, capsys):
-    code = _cli(["sweep", "run", str(tmp_path / "s"), "--config", str(cfg_dir(hdi_width=0.9)), "--json"])
+    code = _cli(["sweep", "run", str(tmp_path / "s"), "--config", str(cfg_dir(hdi_width=0.9, draws=500, chains=4)),
+                 "--json"])
     result = json.loads(capsys.readouterr().out)
     assert result["stopped_because"] == "target"
     assert result["runs"] >= 3 + 2 * 3  # the initial design, and more while a fit misses a diagnostic
@@ -403,7 +406,7 @@ def test_a_fit_that_missed_a_diagnostic_never_stops_the_sweep_on_target(cfg_dir,
 
     monkeypatch.setattr(sweep, "fit_study", first_fit_unconverged)
     events = []
-    with Study.create(tmp_path / "s", cfg_dir(hdi_width=5.0)) as study:  # every interval is narrower than 5
+    with Study.create(tmp_path / "s", cfg_dir(hdi_width=5.0, draws=500, chains=4)) as study:  # all narrower than 5
         outcome = sweep.run_sweep(study, lambda kind, p: events.append((kind, p)))
     fits = [p["diagnostics"] for kind, p in events if kind == "fitted"]
     assert not fits[0].converged and any(kind == "proposed" for kind, _ in events)
