@@ -189,13 +189,6 @@ def _collect(study: Study, backend, on_event: Event) -> int:
     return len(finished)
 
 
-def _dispatch(study: Study, backend, on_event: Event) -> None:
-    """Start every proposed run and store every result (the whole batch)."""
-    _start_proposed(study, backend, on_event)
-    while backend.in_flight():
-        _collect(study, backend, on_event)
-
-
 def _excluded(study: Study) -> set[tuple]:
     bad = pd.concat([study.runs("failed"), study.runs("diverged")])
     return {point_key(r) for r in bad.to_dict("records")}

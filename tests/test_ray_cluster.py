@@ -9,6 +9,7 @@ node that runs more than one (Ray reads ``RAY_ADDRESS`` first, then the latest `
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -81,10 +82,8 @@ def _stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
-    try:
+    with contextlib.suppress(ProcessLookupError):  # the group is already gone: nothing left
         os.killpg(proc.pid, signal.SIGKILL)  # anything the node left in its process group
-    except ProcessLookupError:
-        pass
 
 
 def test_sweep_on_a_two_node_cluster(tmp_path):

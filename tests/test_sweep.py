@@ -304,7 +304,7 @@ def _faulty_training():
 
 @pytest.mark.ray
 def test_ray_dispatch_stores_failures_divergences_and_results(ray_local, tmp_path):
-    from bayes_epm.sweep import RayBackend, _dispatch, _excluded
+    from bayes_epm.sweep import RayBackend, _collect, _excluded, _start_proposed
 
     cfg = tmp_path / "train.toml"
     cfg.write_text(config_text().replace('kind = "simulate"\ntruth = "truth.toml"', 'kind = "train"\ndevice = "cpu"'))
@@ -314,7 +314,10 @@ def test_ray_dispatch_stores_failures_divergences_and_results(ray_local, tmp_pat
         study.propose(specs, iteration=0, scores=[None] * 4, costs=[1.0] * 4)
         events = []
         backend = RayBackend("", 0, "cpu", fn=_faulty_training())
-        _dispatch(study, backend, lambda kind, p: events.append((kind, p)))
+        on_event = lambda kind, p: events.append((kind, p))  # noqa: E731
+        _start_proposed(study, backend, on_event)
+        while backend.in_flight():
+            _collect(study, backend, on_event)
         runs = study.runs().set_index("format", append=True)
         status = dict(zip(study.runs()["id"], study.runs()["status"]))
         assert list(status.values()) == ["failed", "failed", "diverged", "done"]
@@ -346,7 +349,7 @@ class _OneAtATimeLab:
         return len(self.waiting)
 
     def close(self):
-        pass
+        """Nothing to release: no processes."""
 
 
 def test_free_slots_are_refilled_while_runs_are_in_flight(cfg_dir, tmp_path, monkeypatch):
