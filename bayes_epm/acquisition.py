@@ -108,20 +108,21 @@ class TargetState:
         return {"mean": self.mean, "sd": self.sd, "hdi_90": [self.lo, self.hi], "observed": self.observed}
 
 
-def target_states(idata, targets: list[str], hdi: float = 0.9) -> list[TargetState]:
+def target_states(idata, targets: list[str], hdi: float = 0.9, priors=None) -> list[TargetState]:
+    """Where each target's EPM stands; ``priors`` (the study's) answer for levels the fit does not hold."""
     out = []
     for t in targets:
-        draws, observed = epm_draws(idata, t)
+        draws, observed = epm_draws(idata, t, priors)
         s = summarize(draws, hdi)
         out.append(TargetState(t, s.mean, s.sd, s.lo, s.hi, observed))
     return out
 
 
-def _predicted_log_loss(idata, table: pd.DataFrame, idx: np.ndarray) -> np.ndarray:
+def _predicted_log_loss(idata, table: pd.DataFrame, idx: np.ndarray, priors=None) -> np.ndarray:
     """(draws, len(table)) predicted mean log-loss at each row of ``table``."""
     post = idata.posterior
     law = {k: post[k].values.reshape(-1)[idx] for k in ("A", "B", "E", "alpha", "beta")}
-    log_rho = {f: np.log(epm_draws(idata, f)[0][idx]) for f in table["format"].unique()}
+    log_rho = {f: np.log(epm_draws(idata, f, priors)[0][idx]) for f in table["format"].unique()}
     rho = np.stack([log_rho[f] for f in table["format"]], axis=1)
     return log_loss(np.log(table["params"].to_numpy(float))[None], np.log(table["tokens"].to_numpy(float))[None],
                     rho, np.log(law["A"])[:, None], np.log(law["B"])[:, None], np.log(law["E"])[:, None],
@@ -129,20 +130,21 @@ def _predicted_log_loss(idata, table: pd.DataFrame, idx: np.ndarray) -> np.ndarr
 
 
 def choose_batch(idata, cands: pd.DataFrame, targets: list[str], k: int, *, pending: pd.DataFrame | None = None,
-                 hdi_width: float = 0.0, budget_left: float = np.inf, seed: int = 0) -> pd.DataFrame:
+                 hdi_width: float = 0.0, budget_left: float = np.inf, seed: int = 0, priors=None) -> pd.DataFrame:
     """Greedily pick up to ``k`` candidates (each affordable within ``budget_left``); returns them
-    with their ``score`` (variance reduction per FLOP at the time of the pick)."""
+    with their ``score`` (variance reduction per FLOP at the time of the pick). ``priors``: the
+    study's (:class:`~bayes_epm.model.Priors`), for formats whose levels the fit does not hold."""
     post = idata.posterior
     n = int(post.sizes["chain"] * post.sizes["draw"])
     idx = np.random.default_rng(seed).permutation(n)[:MAX_DRAWS]
-    t_draws = np.stack([epm_draws(idata, t)[0][idx] for t in targets], axis=1)  # (S, T)
-    states = target_states(idata, targets)
+    t_draws = np.stack([epm_draws(idata, t, priors)[0][idx] for t in targets], axis=1)  # (S, T)
+    states = target_states(idata, targets, priors=priors)
     weight = np.array([1.0 if s.hdi_width > hdi_width else 0.0 for s in states])
     if not weight.any():
         weight[:] = 1.0
     pending = pending if pending is not None and len(pending) else None
     rows = pd.concat([cands, pending], ignore_index=True) if pending is not None else cands
-    f = _predicted_log_loss(idata, rows, idx)  # (S, C + P)
+    f = _predicted_log_loss(idata, rows, idx, priors)  # (S, C + P)
     z = np.concatenate([t_draws, f], axis=1)
     z = z - z.mean(axis=0)
     cov = z.T @ z / (len(idx) - 1)

@@ -160,19 +160,26 @@ def fit(
     chains: Annotated[int, typer.Option(help="Chains (run in parallel up to the number of CPUs).")] = 4,
     seed: Annotated[int, typer.Option(help="Sampler seed.")] = 0,
     dense_mass: Annotated[bool, typer.Option(help="Adapt a full mass matrix (helps linear ridges, hurts curved ones).")] = False,
+    priors_file: Annotated[Optional[str], typer.Option("--priors", help="A prior file (README) for new methods.")] = None,
+    literature: Annotated[bool, typer.Option(help="Use the shipped literature EPMs as priors (`bayes-epm priors "
+                                                  "list` shows them); off for tables they came from.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else.")] = False,
 ) -> int:
     """Fit the hierarchical scaling law to a run table: the law and the EPM of every format."""
     for name, value in (("draws", draws), ("tune", tune), ("chains", chains)):
         if value < 1:
             raise SpecError(f"--{name}={value} is not valid; it must be a positive integer")
+    from bayes_epm.priors import PriorSet, load_prior_file, register
+
+    prior_set = load_prior_file(priors_file, literature) if priors_file else PriorSet(literature=literature)
+    register(prior_set)  # before the table: its formats may name a method of the prior file
     table = _load_runs_arg(runs)
     from bayes_epm.inference import fit as run_fit
     from bayes_epm.model import Priors
     from bayes_epm.posterior_store import save_fit
     from bayes_epm.queries import epm, law_summary
 
-    priors = Priors()
+    priors = Priors(methods=prior_set)
     what = f"sampling {chains} chains x ({tune} tune + {draws} draws) on {len(table)} runs"
     with Console(stderr=True, quiet=as_json).status(what):  # a spinner while the chains run
         idata, diag = run_fit(table, draws=draws, tune=tune, chains=chains, seed=seed, priors=priors,
@@ -180,7 +187,7 @@ def fit(
     path = save_fit(out, idata, table, diag, priors, {"draws": draws, "tune": tune, "chains": chains, "seed": seed,
                                                       "dense_mass": dense_mass})
     formats = sorted(f for f in table["format"].unique() if f != "dense")
-    result = {"law": law_summary(idata), "epm": {f: {k: v for k, v in epm(idata, f).items() if k != "format"}
+    result = {"law": law_summary(idata), "epm": {f: {k: v for k, v in epm(idata, f, priors=priors).items() if k != "format"}
                                                  for f in formats},
               "diagnostics": diag.to_dict(), "posterior": str(path)}
     if as_json:
@@ -213,9 +220,17 @@ def _answer(posterior: str, query, text, as_json: bool) -> int:
     from bayes_epm.posterior_store import load_fit
     from bayes_epm.store import CONFIG, POSTERIOR_DIR
 
-    if (Path(posterior) / CONFIG).is_file():  # a study directory: its latest fit
+    study_priors = None
+    if (Path(posterior) / CONFIG).is_file():  # a study directory: its latest fit, and its current priors
+        from bayes_epm.store import Study
+
+        with Study.open(posterior) as st:
+            study_priors = st.priors
         posterior = str(Path(posterior) / POSTERIOR_DIR)
-    result = query(load_fit(posterior))
+    saved = load_fit(posterior)
+    if study_priors is not None:  # priors imported since the fit answer for the levels the fit does not hold
+        saved.priors = study_priors
+    result = query(saved)
     if as_json:
         _print_json(result)
     else:
@@ -234,7 +249,8 @@ def epm_cmd(
     from bayes_epm.queries import epm
 
     def text(r: dict) -> str:
-        kind = "observed" if r["observed"] else "predicted from its factors (never trained)"
+        kind = {"posterior": "observed", "hierarchy": "predicted from its factors (never trained)",
+                "prior": "from its prior (no run of its levels yet)"}[r["source"]]
         return f"EPM of {r['format']}: {_interval_text(r)}; {kind}"
 
     return _answer(posterior, lambda saved: epm(saved.idata, format, hdi, saved.priors), text, as_json)
@@ -277,8 +293,11 @@ sweep_app = typer.Typer(help="Active sweeps: propose, train and refit until the 
                         no_args_is_help=True)
 runs_app = typer.Typer(help="A study's runs: import runs trained elsewhere, export the study's runs.",
                        no_args_is_help=True)
+priors_app = typer.Typer(help="Priors for compression methods: import a prior file, list and show a study's priors.",
+                         no_args_is_help=True)
 app.add_typer(sweep_app, name="sweep")
 app.add_typer(runs_app, name="runs")
+app.add_typer(priors_app, name="priors")
 
 
 def _sweep_printer(console: Console, budget: float):
@@ -442,6 +461,115 @@ def runs_export(
         table = st.fit_table()
     table.to_parquet(out, index=False) if out.endswith(".parquet") else table.to_csv(out, index=False)
     print(f"wrote {len(table)} runs to {out}")
+    return 0
+
+
+@priors_app.command("import")
+def priors_import(
+    study: Annotated[str, typer.Argument(help="Study directory.")],
+    file: Annotated[str, typer.Argument(help="Prior file (TOML, [method.NAME] tables; schema in the README).")],
+    replace: Annotated[bool, typer.Option(help="Replace the priors of a method the study already has.")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> int:
+    """Import a prior file into a study (checked in full first: a bad file changes nothing)."""
+    from bayes_epm.priors import load_prior_file, summary
+    from bayes_epm.store import Study
+
+    with Study.open(study) as st:
+        current = st.config.priors
+        new = load_prior_file(file, literature=current.literature)
+        merged = current.merge(new, replace=replace)
+        st.set_priors(merged)
+    result = {"imported": summary(new)["methods"], "study": study,
+              "note": "the next fit of the study uses these priors (`bayes-epm sweep resume` refits it)"}
+    if as_json:
+        _print_json(result)
+    else:
+        for m in result["imported"]:
+            parts = [f"epm priors at {', '.join(m['epm_levels'])}" if m["epm_levels"] else "",
+                     f"GMSE at {len(m['gmse_bits'])} bit widths" if m["gmse_bits"] else "",
+                     f"joint prior from {m['from_posterior']}" if m["from_posterior"] else ""]
+            print(f"imported {m['kind']} {m['name']}: {'; '.join(p for p in parts if p)}")
+        print(result["note"])
+    return 0
+
+
+@priors_app.command("list")
+def priors_list(
+    study: Annotated[str, typer.Argument(help="Study directory.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> int:
+    """Every prior of a study: imported methods and the literature table, each with its source."""
+    from bayes_epm.priors import summary
+    from bayes_epm.store import Study
+
+    with Study.open(study) as st:
+        result = summary(st.config.priors)
+    if as_json:
+        _print_json(result)
+        return 0
+    console = Console()
+    table = Table(title="methods", title_justify="left")
+    for col in ("name", "kind", "epm priors", "GMSE bits", "from posterior", "source"):
+        table.add_column(col)
+    for m in result["methods"]:
+        table.add_row(m["name"], m["kind"], ", ".join(m["epm_levels"]) or "-",
+                      ", ".join(map(str, m["gmse_bits"])) or "-", m["from_posterior"] or "-", m["source"])
+    console.print(table if result["methods"] else "no imported methods")
+    if result["literature_enabled"]:
+        lit = Table(title="literature (default population priors; log-normal, 90% interval)", title_justify="left")
+        for col in ("format", "family", "EPM", "90%", "source"):
+            lit.add_column(col)
+        for e in result["literature"]:
+            lit.add_row(e["name"], e["family"], f"{e['epm']:.2f}", f"{e['interval_90'][0]:.2f}-{e['interval_90'][1]:.2f}",
+                        e["source"])
+        console.print(lit)
+    else:
+        console.print("literature table: off ([priors] literature = false)")
+    return 0
+
+
+@priors_app.command("show")
+def priors_show(
+    study: Annotated[str, typer.Argument(help="Study directory.")],
+    name: Annotated[str, typer.Argument(help="A method name, or a format of the literature table.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> int:
+    """One prior in full: its distributions and quantiles, GMSE with Monte Carlo error, correlations."""
+    from bayes_epm.priors import show
+    from bayes_epm.store import Study
+
+    with Study.open(study) as st:
+        p = st.priors
+        result = show(st.config.priors, name, {"F_mu": p.F_mu, "C_mu": p.C_mu, "curve_sigma": p.curve_sigma,
+                                               "level_sigma": p.level_sigma, "quantizer_sigma": p.quantizer_sigma})
+    if as_json:
+        _print_json(result)
+        return 0
+    print(f"{result['name']} ({result['kind']})")
+    if result["kind"] == "literature":
+        lo, mid, hi = result["quantiles_5_50_95"]
+        print(f"  {result['family']}: EPM {result['epm']} [{result['low']}, {result['high']}] -> log-normal, "
+              f"5/50/95% {lo:.3f} / {mid:.3f} / {hi:.3f}")
+        print(f"  source: {result['source']}")
+        for key in ("quote", "note"):
+            if result[key]:
+                print(f"  {key}: {result[key]}")
+        return 0
+    print(f"  source: {result['source']}" + (f"; callable {result['callable']}" if result["callable"] else ""))
+    for lv in result["levels"]:
+        q = lv["quantiles_5_50_95"]
+        print(f"  {lv['level']}: {lv['describe']}, 5/50/95% {q[0]:.3f} / {q[1]:.3f} / {q[2]:.3f} ({lv['source']})")
+    for g in result["gmse"]:
+        q = g["epm_on_curve_prior_5_50_95"]
+        print(f"  {g['bits']} bits: GMSE {g['gmse']:.4g} +- {g['se']:.1g} (MC, {g['relative_se']:.2%}); on the curve's "
+              f"prior EPM 5/50/95% {q[0]:.3f} / {q[1]:.3f} / {q[2]:.3f}")
+    if "from_posterior" in result:
+        fp = result["from_posterior"]
+        print(f"  from the posterior of {fp['study']} ({fp['n_draws']} draws), normal on the unconstrained scale:")
+        for i, n in enumerate(fp["names"]):
+            corr = " ".join(f"{c:+.2f}" for c in fp["correlation"][i])
+            print(f"    {n:<24} mean {fp['mean'][i]:+.4f} sd {fp['sd'][i]:.4f}  corr {corr}")
     return 0
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from bayes_epm.errors import InvalidInputError
 from bayes_epm.models.formats import Format
+from bayes_epm.priors import PriorSet, load_prior_file, register
 
 BACKENDS = ("train", "simulate")
 
@@ -97,10 +98,12 @@ class StudyConfig:
     fit: Fit = field(default_factory=Fit)
     seed: int = 0
     base_dir: str = "."  # where relative paths (the truth file) are resolved
+    priors: PriorSet = field(default_factory=PriorSet)  # [priors]: a prior file's methods, the literature
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("base_dir")
+        d["priors"] = self.priors.to_dict()
         return d
 
 
@@ -137,8 +140,9 @@ def _dataclass_from(cls, t: dict, where: str, checks: dict[str, Any]):
     return cls(**{k: checks[k](v, f"{where}.{k}") for k, v in t.items()})
 
 
-def load_config(path: str | Path) -> StudyConfig:
-    """Read and check a study's TOML config."""
+def load_config(path: str | Path, priors: PriorSet | None = None) -> StudyConfig:
+    """Read and check a study's TOML config. ``priors``: the study's own prior set (its
+    ``priors.json``), which then stands in for the config's ``[priors]`` table."""
     path = Path(path)
     if not path.is_file():
         raise InvalidInputError(f"no config file at {str(path)!r}")
@@ -146,11 +150,30 @@ def load_config(path: str | Path) -> StudyConfig:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise InvalidInputError(f"{path}: not valid TOML: {err}") from None
-    return parse_config(raw, base_dir=path.parent)
+    return parse_config(raw, base_dir=path.parent, priors=priors)
 
 
-def parse_config(raw: dict, base_dir: str | Path = ".") -> StudyConfig:
-    _check_keys(raw, "top level", {"space": 0, "budget": 0, "backend": 0, "ray": 0, "fit": 0, "seed": 0})
+def _priors(t: Any, base_dir: str | Path) -> PriorSet:
+    """``[priors]``: ``file`` (a prior file, relative to the config) and ``literature`` (bool, default
+    true: the shipped literature table as default population priors)."""
+    if not isinstance(t, dict):
+        raise InvalidInputError(f"[priors] must be a table; got {t!r}")
+    _check_keys(t, "priors", {"file": 0, "literature": 0})
+    literature = t.get("literature", True)
+    if not isinstance(literature, bool):
+        raise InvalidInputError(f"priors.literature = {literature!r} is not valid; it must be true or false")
+    if "file" not in t:
+        return PriorSet(literature=literature)
+    if not isinstance(t["file"], str) or not t["file"]:
+        raise InvalidInputError(f"priors.file = {t['file']!r} is not valid; it must be the path of a prior file")
+    return load_prior_file(Path(base_dir) / t["file"], literature=literature)
+
+
+def parse_config(raw: dict, base_dir: str | Path = ".", priors: PriorSet | None = None) -> StudyConfig:
+    _check_keys(raw, "top level", {"space": 0, "budget": 0, "backend": 0, "ray": 0, "fit": 0, "seed": 0,
+                                   "priors": 0})
+    prior_set = priors if priors is not None else _priors(raw.get("priors", {}), base_dir)
+    register(prior_set)  # a method's quantizer must be known before the space's formats are read
     for key in ("space", "budget"):
         if not isinstance(raw.get(key), dict):
             raise InvalidInputError(f"the config needs a [{key}] table")
@@ -188,7 +211,7 @@ def parse_config(raw: dict, base_dir: str | Path = ".") -> StudyConfig:
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise InvalidInputError(f"seed = {seed!r} is not valid; it must be an integer >= 0")
     return StudyConfig(space=_space(raw["space"]), budget=budget, backend=backend, ray=ray, fit=fit, seed=seed,
-                       base_dir=str(Path(base_dir).resolve()))
+                       base_dir=str(Path(base_dir).resolve()), priors=prior_set)
 
 
 @dataclass(frozen=True)

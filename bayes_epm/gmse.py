@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from bayes_epm.models.quantize import PUBLISHED_QUANTIZERS, QUANTIZERS, gaussian_mse
+from bayes_epm.models.quantize import PUBLISHED_QUANTIZERS, QUANTIZERS, STORED_GMSE, gaussian_mse
 from bayes_epm.models.sparsity import PATTERNS, pattern_family
 
 N_DRAWS = 1 << 20
@@ -26,11 +26,15 @@ N_DRAWS = 1 << 20
 @functools.cache
 def quantizer_gmse(quantizer: str, bits: int, seed: int = 0) -> tuple[float, float]:
     """``(GMSE, standard error)`` of ``quantizer`` at ``bits``; published-only quantizers use the
-    trainable quantizer whose forward pass they share."""
+    trainable quantizer whose forward pass they share; a method from a prior file uses the GMSE
+    measured when its prior was imported (:mod:`bayes_epm.priors`)."""
+    if bits in STORED_GMSE.get(quantizer, {}):
+        return STORED_GMSE[quantizer][bits]
     if quantizer in PUBLISHED_QUANTIZERS:
         quantizer = PUBLISHED_QUANTIZERS[quantizer][1]
     if quantizer not in QUANTIZERS:
-        raise KeyError(f"unknown quantizer {quantizer!r}")
+        raise KeyError(f"no GMSE for quantizer {quantizer!r} at {bits} bits: it is not a registered quantizer "
+                       "here and its prior stored none at this bit width")
     return gaussian_mse(quantizer, bits, n=N_DRAWS, seed=seed)
 
 

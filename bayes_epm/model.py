@@ -28,7 +28,8 @@ problem; those of the curve come from the literature (F 0.41, C 1.39 for Llama o
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import pandas as pd
@@ -38,6 +39,10 @@ import pytensor.tensor as pt
 from bayes_epm.gmse import log_capacity, quantizer_gmse, sparsity_gmse
 from bayes_epm.law import log_loss
 from bayes_epm.models.formats import FULL_BITS, Format
+from bayes_epm.priors import LAW, Dist, LevelPrior, PriorSet, level_priors
+
+# the prior of a method level that has no prior of its own and no GMSE to place it on the curve
+UNPLACED = Dist("uniform", (("lower", 0.01), ("upper", 1.5)))
 
 FACTORS = ("sparsity", "weights", "activations")
 QUANTIZED = ("weights", "activations")
@@ -97,9 +102,17 @@ class Priors:
     level_sigma: float = 0.1
     tau_sigma: float = 0.05
     quantizer_sigma: float = 0.3
+    methods: PriorSet = field(default_factory=PriorSet)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name != "methods"},
+                "methods": self.methods.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Priors":
+        d = dict(d)
+        methods = PriorSet.from_dict(d.pop("methods")) if "methods" in d else PriorSet()
+        return cls(**d, methods=methods)
 
 
 @dataclass
@@ -140,19 +153,23 @@ class ModelData:
                 "weight": pad(np.ones(n), 0.0, float),
                 "e_mu": np.asarray(float(self.log_loss.min()) + priors.e_offset)}
 
-    @property
-    def quantizers(self) -> list[str]:
-        """The quantizers of the quantized levels, in order."""
-        return sorted({level_quantizer(lv) for k in QUANTIZED for lv in self.levels.get(k, [])})
-
     @classmethod
-    def from_runs(cls, runs: pd.DataFrame, centre: tuple[float, float] | None = None) -> "ModelData":
+    def from_runs(cls, runs: pd.DataFrame, centre: tuple[float, float] | None = None,
+                  priors: "Priors | None" = None) -> "ModelData":
         """``centre``: (log N, log D) to centre on; default the data's means. A sweep fixes it per
-        study so that the compiled model survives new runs (:mod:`bayes_epm.sampler`)."""
+        study so that the compiled model survives new runs (:mod:`bayes_epm.sampler`). The levels
+        are those of the runs' formats and those with a prior of their own in ``priors`` (a
+        method's level enters the hierarchy with its prior before any run of it)."""
         formats = sorted(f for f in runs["format"].unique() if f != "dense")
         index = {f: i for i, f in enumerate(formats)}
         parsed = {f: factor_levels(Format.parse(f)) for f in formats}
-        levels = {k: sorted({lv[k] for lv in parsed.values() if k in lv}) for k in FACTORS}
+        levels = {k: {lv[k] for lv in parsed.values() if k in lv} for k in FACTORS}
+        if priors is not None:
+            for lp in priors.methods.levels:
+                levels[lp.factor].add(lp.level)
+            for k, lv in (priors.methods.joint.levels() if priors.methods.joint else []):
+                levels[k].add(lv)
+        levels = {k: sorted(v) for k, v in levels.items()}
         membership = {k: np.array([levels[k].index(parsed[f][k]) if k in parsed[f] else -1 for f in formats],
                                   dtype=np.int64) for k in FACTORS}
         log_n = np.log(runs["params"].to_numpy(float))
@@ -175,21 +192,57 @@ def build_model(runs: pd.DataFrame, priors: Priors | None = None, *, centre: tup
     a ``pm.Potential`` of the weighted Student-t log-densities; runs padded in (``pad_to``) weigh 0.
     """
     priors = priors or Priors()
-    return _build(ModelData.from_runs(runs, centre), priors, pad_to)
+    return _build(ModelData.from_runs(runs, centre, priors), priors, pad_to)
 
 
-def _build(data: ModelData, priors: Priors, pad_to: int | None) -> pm.Model:
-    coords = {"fmt": data.formats}
-    coords.update({f"{k}_level": v for k, v in data.levels.items()})
-    if len(data.quantizers) > 1:
-        coords["quantizer"] = data.quantizers
-    with pm.Model(coords=coords) as model:
-        x = {k: pm.Data(k, v) for k, v in data.inputs(priors, pad_to).items()}
+def _safe(level: str) -> str:
+    """A level as part of a variable name (NetCDF and arviz keep to [A-Za-z0-9_])."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", level)
+
+
+def _law(data: ModelData, priors: Priors, x: dict):
+    """The law's parameters: independent priors, or the joint normal of a previous posterior."""
+    joint = priors.methods.joint
+    if joint is None:
         alpha = pm.LogNormal("alpha", priors.exponent_mu, priors.exponent_sigma)
         beta = pm.LogNormal("beta", priors.exponent_mu, priors.exponent_sigma)
         e = pm.Normal("e", x["e_mu"], priors.e_sigma)
         a_c = pm.Normal("a_c", priors.coef_mu, priors.coef_sigma)
         b_c = pm.Normal("b_c", priors.coef_mu, priors.coef_sigma)
+        return alpha, beta, e, a_c, b_c, None
+    # theta = mean + L z, z ~ N(0, I): the previous posterior's normal, whitened for NUTS
+    chol = np.linalg.cholesky(np.asarray(joint.cov))
+    z = pm.Normal("z_joint", 0.0, 1.0, dims="joint")
+    theta = pt.as_tensor(np.asarray(joint.mean)) + pt.dot(pt.as_tensor(chol), z)
+    log_a, log_b, e, log_alpha, log_beta = (theta[i] for i in range(len(LAW)))
+    alpha = pm.Deterministic("alpha", pt.exp(log_alpha))
+    beta = pm.Deterministic("beta", pt.exp(log_beta))
+    e = pm.Deterministic("e", e)
+    a_c = pm.Deterministic("a_c", log_a - alpha * data.m_n)
+    b_c = pm.Deterministic("b_c", log_b - beta * data.m_d)
+    return alpha, beta, e, a_c, b_c, theta
+
+
+def _build(data: ModelData, priors: Priors, pad_to: int | None) -> pm.Model:
+    explicit = level_priors_in_effect(priors.methods, data.levels)
+    joint = priors.methods.joint
+    joint_at = {lv: len(LAW) + j for j, lv in enumerate(joint.levels())} if joint else {}
+    curve = {k: [lv for lv in levels if (k, lv) not in explicit and (k, lv) not in joint_at]
+             for k, levels in data.levels.items()}
+    quantizers = sorted({level_quantizer(lv) for k in QUANTIZED for lv in curve.get(k, [])})
+    combined = [f for f in data.formats if len(factor_levels(Format.parse(f))) > 1]
+    coords = {"fmt": data.formats}
+    coords.update({f"{k}_level": v for k, v in data.levels.items()})
+    coords.update({f"{k}_curve_level": v for k, v in curve.items() if v})
+    if combined:
+        coords["combined"] = combined
+    if joint:
+        coords["joint"] = list(joint.names)
+    if len(quantizers) > 1:
+        coords["quantizer"] = quantizers
+    with pm.Model(coords=coords) as model:
+        x = {k: pm.Data(k, v) for k, v in data.inputs(priors, pad_to).items()}
+        alpha, beta, e, a_c, b_c, theta = _law(data, priors, x)
         pm.Deterministic("E", pt.exp(e))
         pm.Deterministic("A", pt.exp(a_c + alpha * data.m_n))
         pm.Deterministic("B", pt.exp(b_c + beta * data.m_d))
@@ -197,29 +250,80 @@ def _build(data: ModelData, priors: Priors, pad_to: int | None) -> pm.Model:
         nu = pm.Gamma("nu", 2.0, 0.1)
 
         log_rho_fmt = pt.zeros(len(data.formats))
-        gamma = pt.zeros(len(data.quantizers))
-        if len(data.quantizers) > 1:  # zero-sum: the mean scale is F_k's
+        gamma = pt.zeros(len(quantizers))
+        if len(quantizers) > 1:  # zero-sum: the mean scale is F_k's
             gamma = pm.ZeroSumNormal("gamma", priors.quantizer_sigma, dims="quantizer")
         for k, levels in data.levels.items():
-            F = pm.LogNormal(f"F_{k}", priors.F_mu, priors.curve_sigma)
-            C = pm.LogNormal(f"C_{k}", priors.C_mu, priors.curve_sigma)
-            scatter = pm.HalfNormal(f"sigma_{k}", priors.level_sigma)
-            log_gmse = np.log([level_gmse(k, lv) for lv in levels])
-            if k in QUANTIZED:  # each quantizer scales the curve's F by exp(gamma_q)
-                F = F * pt.exp(gamma[[data.quantizers.index(level_quantizer(lv)) for lv in levels]])
-            curve = log_capacity(log_gmse, F, C, xp=pt)
-            z = pm.Normal(f"z_{k}", 0.0, 1.0, dims=f"{k}_level")
-            log_rho_level = pm.Deterministic(f"log_rho_{k}", curve + scatter * z, dims=f"{k}_level")
-            member = data.membership[k]
+            value = {}
+            if curve[k]:  # levels pooled towards the factor's capacity curve
+                F = pm.LogNormal(f"F_{k}", priors.F_mu, priors.curve_sigma)
+                C = pm.LogNormal(f"C_{k}", priors.C_mu, priors.curve_sigma)
+                scatter = pm.HalfNormal(f"sigma_{k}", priors.level_sigma)
+                log_gmse = np.log([level_gmse(k, lv) for lv in curve[k]])
+                if k in QUANTIZED:  # each quantizer scales the curve's F by exp(gamma_q)
+                    F = F * pt.exp(gamma[[quantizers.index(level_quantizer(lv)) for lv in curve[k]]])
+                z = pm.Normal(f"z_{k}", 0.0, 1.0, dims=f"{k}_curve_level")
+                on_curve = log_capacity(log_gmse, F, C, xp=pt) + scatter * z
+                value.update({lv: on_curve[i] for i, lv in enumerate(curve[k])})
+            for lv in levels:
+                if (k, lv) in explicit:  # the level's own prior replaces the curve's
+                    value[lv] = pt.log(explicit[(k, lv)].dist.pymc(f"rho_{k}_{_safe(lv)}"))
+                elif (k, lv) in joint_at:
+                    value[lv] = theta[joint_at[(k, lv)]]
+            log_rho_level = pm.Deterministic(f"log_rho_{k}", pt.stack([value[lv] for lv in levels]),
+                                             dims=f"{k}_level")
             padded = pt.concatenate([log_rho_level, pt.zeros(1)])  # index -1: factor unused
-            log_rho_fmt = log_rho_fmt + padded[member]
-        if data.formats:
+            log_rho_fmt = log_rho_fmt + padded[data.membership[k]]
+        if combined:  # the interaction of factors: only a format of two or more has one
             tau = pm.HalfNormal("tau", priors.tau_sigma)
-            z_fmt = pm.Normal("z_fmt", 0.0, 1.0, dims="fmt")
-            log_rho_fmt = pm.Deterministic("log_rho", log_rho_fmt + tau * z_fmt, dims="fmt")
+            z_fmt = pm.Normal("z_fmt", 0.0, 1.0, dims="combined")
+            idx = [data.formats.index(f) for f in combined]
+            log_rho_fmt = pt.inc_subtensor(log_rho_fmt[idx], tau * z_fmt)
+        if data.formats:
+            log_rho_fmt = pm.Deterministic("log_rho", log_rho_fmt, dims="fmt")
             pm.Deterministic("epm", pt.exp(log_rho_fmt), dims="fmt")
+            lit = literature_in_effect(priors.methods, data.formats, explicit, joint_at)
+            if lit:  # published EPMs: a log-normal prior on each such format's EPM
+                idx = [data.formats.index(p.format) for p in lit]
+                lit_logp = pm.logp(pm.Normal.dist(mu=np.array([p.mu for p in lit]),
+                                                  sigma=np.array([p.sigma for p in lit])), log_rho_fmt[idx])
+                pm.Potential("literature", lit_logp.sum())
         log_rho_run = pt.concatenate([log_rho_fmt, pt.zeros(1)])[x["fmt_idx"]]  # dense: log rho = 0
         mu = log_loss(x["log_n_c"], x["log_d_c"], log_rho_run, a_c, b_c, e, alpha, beta, logaddexp=pt.logaddexp)
         log_lik = pm.logp(pm.StudentT.dist(nu=nu, mu=mu, sigma=sigma), x["log_loss_obs"])
         pm.Potential("log_lik", (x["weight"] * log_lik).sum())
     return model
+
+
+def level_priors_in_effect(prior_set: PriorSet, levels: dict[str, list[str]]) -> dict[tuple[str, str], LevelPrior]:
+    """(factor, level) -> the explicit prior each level of ``levels`` takes: the prior file's, or,
+    for a method level that has neither a prior nor a GMSE, :data:`UNPLACED` (stated, not hidden)."""
+    out = level_priors(prior_set)
+    joint = set(prior_set.joint.levels()) if prior_set.joint else set()
+    for k, lvs in levels.items():
+        for lv in lvs:
+            if (k, lv) in out or (k, lv) in joint or k not in QUANTIZED:
+                continue
+            method = prior_set.method(level_quantizer(lv))
+            if method is not None and method.gmse_at(int(lv[1:].split(":")[0])) is None and not _has_gmse(lv):
+                out[(k, lv)] = LevelPrior(method.name, k, lv, UNPLACED, "default: no prior and no GMSE at this level")
+    return out
+
+
+def _has_gmse(level: str) -> bool:
+    try:
+        level_gmse("weights", level)
+    except KeyError:
+        return False
+    return True
+
+
+def literature_in_effect(prior_set: PriorSet, formats: list[str], explicit: dict, joint_at: dict):
+    """The literature entries that apply to ``formats``: those listed, unless a level of the format
+    has its own prior (the user's prior supersedes the table)."""
+    own = set(explicit) | set(joint_at)
+    out = []
+    for entry in prior_set.literature_entries():
+        if entry.format in formats and not set(factor_levels(Format.parse(entry.format)).items()) & own:
+            out.append(entry)
+    return out

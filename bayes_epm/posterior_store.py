@@ -21,6 +21,7 @@ from bayes_epm import __version__
 from bayes_epm.errors import InvalidInputError
 from bayes_epm.inference import Diagnostics
 from bayes_epm.model import Priors
+from bayes_epm.priors import register
 
 POSTERIOR, RUNS, META = "posterior.nc", "runs.csv", "fit.json"
 
@@ -60,5 +61,7 @@ def load_fit(path: str | Path) -> SavedFit:
                                 f"{'; missing ' + ', '.join(missing) if path.is_dir() else ''}); "
                                 "run `bayes-epm fit RUNS --out DIR` first")
     meta = json.loads((path / META).read_text())
+    priors = Priors.from_dict(meta["priors"])
+    register(priors.methods)  # a method's quantizer name must parse before the fit is queried
     return SavedFit(idata=az.from_netcdf(str(path / POSTERIOR)), runs=pd.read_csv(path / RUNS),
-                    diagnostics=Diagnostics(**meta["diagnostics"]), priors=Priors(**meta["priors"]), meta=meta)
+                    diagnostics=Diagnostics(**meta["diagnostics"]), priors=priors, meta=meta)

@@ -20,7 +20,7 @@ import numpy as np
 from bayes_epm.errors import InvalidInputError
 from bayes_epm.gmse import log_capacity
 from bayes_epm.law import log_loss
-from bayes_epm.model import QUANTIZED, Priors, factor_levels, level_gmse, level_quantizer
+from bayes_epm.model import QUANTIZED, Priors, factor_levels, level_gmse, level_priors_in_effect, level_quantizer
 from bayes_epm.models.formats import Format
 
 
@@ -63,9 +63,10 @@ def _prior_lognormal(rng: np.random.Generator, mu: float, sigma: float, n: int) 
 
 
 def _fitted_quantizers(idata: az.InferenceData) -> set[str]:
+    """The quantizers of the levels the fit placed on a capacity curve."""
     post = idata.posterior
-    return {level_quantizer(str(lv)) for k in QUANTIZED if f"{k}_level" in post.coords
-            for lv in post.coords[f"{k}_level"].values}
+    return {level_quantizer(str(lv)) for k in QUANTIZED if f"{k}_curve_level" in post.coords
+            for lv in post.coords[f"{k}_curve_level"].values}
 
 
 def _quantizer_gamma(idata: az.InferenceData, quantizer: str, priors: Priors,
@@ -93,10 +94,15 @@ def epm_draws(idata: az.InferenceData, fmt: str | Format, priors: Priors | None 
     priors = priors or Priors()
     rng = np.random.default_rng(seed)
     log_rho = np.zeros(n)
-    for factor, level in factor_levels(fmt).items():
+    levels = factor_levels(fmt)
+    own = level_priors_in_effect(priors.methods, {k: [lv] for k, lv in levels.items()})
+    for factor, level in levels.items():
         coord = f"{factor}_level"
         if coord in post.coords and level in post.coords[coord].values:
             log_rho += _flat(idata, f"log_rho_{factor}", **{coord: level})
+            continue
+        if (factor, level) in own:  # a level with a prior of its own that the fit did not hold
+            log_rho += np.log(own[(factor, level)].dist.scipy().rvs(size=n, random_state=rng))
             continue
         if f"F_{factor}" in post:
             F, C, scatter = (_flat(idata, f"{p}_{factor}") for p in ("F", "C", "sigma"))
@@ -107,15 +113,38 @@ def epm_draws(idata: az.InferenceData, fmt: str | Format, priors: Priors | None 
         if factor in QUANTIZED:
             F = F * np.exp(_quantizer_gamma(idata, level_quantizer(level), priors, rng))
         log_rho += log_capacity(math.log(level_gmse(factor, level)), F, C) + scatter * rng.standard_normal(n)
-    tau = _flat(idata, "tau") if "tau" in post else np.abs(rng.normal(0.0, priors.tau_sigma, n))
-    log_rho += tau * rng.standard_normal(n)
+    if len(levels) > 1:  # the interaction of a combined format, drawn fresh
+        tau = _flat(idata, "tau") if "tau" in post else np.abs(rng.normal(0.0, priors.tau_sigma, n))
+        log_rho += tau * rng.standard_normal(n)
     return np.exp(log_rho), False
 
 
+def epm_source(idata: az.InferenceData, fmt: str | Format, priors: Priors | None = None) -> str:
+    """Where an answer about ``fmt`` comes from: ``"posterior"`` (the fit has runs of it), ``"prior"``
+    (no run touches any of its levels, and each has a prior of its own: imported, from a previous
+    posterior, or the stated default of a method without GMSE) or ``"hierarchy"`` (predicted from
+    fitted levels and the factors' capacity curves)."""
+    fmt = Format.parse(fmt)
+    post = idata.posterior
+    fitted = list(map(str, post.coords["fmt"].values)) if "fmt" in post.coords else []
+    if fmt.is_dense or fmt.name in fitted:
+        return "posterior"
+    priors = priors or Priors()
+    levels = factor_levels(fmt)
+    own = set(level_priors_in_effect(priors.methods, {k: [lv] for k, lv in levels.items()}))
+    if priors.methods.joint:
+        own |= set(priors.methods.joint.levels())
+    run = {kv for f in fitted for kv in factor_levels(Format.parse(f)).items()}
+    if all(kv in own and kv not in run for kv in levels.items()):
+        return "prior"
+    return "hierarchy"
+
+
 def epm(idata: az.InferenceData, fmt: str | Format, hdi: float = 0.9, priors: Priors | None = None) -> dict:
-    """``{"format", "mean", "sd", "hdi_<p>", "observed"}`` for one format."""
+    """``{"format", "mean", "sd", "hdi_<p>", "observed", "source"}`` for one format (see :func:`epm_source`)."""
     draws, observed = epm_draws(idata, fmt, priors)
-    return {"format": Format.parse(fmt).name, **summarize(draws, hdi).to_dict(), "observed": observed}
+    return {"format": Format.parse(fmt).name, **summarize(draws, hdi).to_dict(), "observed": observed,
+            "source": epm_source(idata, fmt, priors)}
 
 
 def compare(idata: az.InferenceData, a: str | Format, b: str | Format, hdi: float = 0.9,

@@ -150,7 +150,8 @@ class CompiledModel:
     def _initial_points(self, inputs: tuple, seed: int) -> np.ndarray:
         rng = np.random.default_rng(seed)
         base = self._init.copy()
-        base[self.value_names.index("e")] = np.asarray(inputs[ModelData.DATA.index("e_mu")], dtype=float)
+        if "e" in self.value_names:  # else e comes from a previous posterior's joint prior
+            base[self.value_names.index("e")] = np.asarray(inputs[ModelData.DATA.index("e_mu")], dtype=float)
         flat = np.asarray(ravel_pytree([jnp.asarray(v) for v in base])[0])
         out = []
         for _ in range(self.settings.chains):
@@ -208,6 +209,6 @@ def compiled(data: ModelData, priors: Priors, settings: Settings) -> CompiledMod
 def sample(runs: pd.DataFrame, priors: Priors, settings: Settings, seed: int,
            centre: tuple[float, float] | None = None) -> tuple[az.InferenceData, CompiledModel]:
     """Sample the model of ``runs``, reusing a compiled model of the same structure when there is one."""
-    data = ModelData.from_runs(runs, centre)
+    data = ModelData.from_runs(runs, centre, priors)
     cm = compiled(data, priors, settings)
     return cm.sample(data, seed), cm

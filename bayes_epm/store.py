@@ -3,6 +3,8 @@
     STUDY/
       study.toml      the config (copied in when the study is created; the study's own from then on)
       runs.db         SQLite, WAL mode: every proposal, its status, spec, result, timestamps, attempts
+      priors.json     the study's priors (bayes_epm.priors): methods, level priors, a previous
+                      posterior's joint prior, whether the literature table is used, every file imported
       posterior/      the latest fit (posterior.nc, runs.csv, fit.json; see posterior_store)
 
 A run moves ``proposed -> running -> done | failed | diverged``. Every change is one SQLite
@@ -14,6 +16,7 @@ back to ``proposed`` (their attempt count says how often they were started).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import time
@@ -23,10 +26,11 @@ import pandas as pd
 
 from bayes_epm.config import StudyConfig, load_config
 from bayes_epm.errors import InvalidInputError
+from bayes_epm.priors import PriorSet, register
 from bayes_epm.runs import validate_runs
 
 STATUSES = ("proposed", "running", "done", "failed", "diverged")
-CONFIG, DB, POSTERIOR_DIR = "study.toml", "runs.db", "posterior"
+CONFIG, DB, POSTERIOR_DIR, PRIORS = "study.toml", "runs.db", "posterior", "priors.json"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -81,7 +85,8 @@ class Study:
             text = text.replace(f'"{config.backend.truth}"', f'"{truth.name}"').replace(
                 f"'{config.backend.truth}'", f"'{truth.name}'")
         (path / CONFIG).write_text(text)
-        return cls(path, load_config(path / CONFIG))
+        _write_priors(path, config.priors)
+        return cls(path, load_config(path / CONFIG, priors=config.priors))
 
     @classmethod
     def open(cls, path: str | Path) -> "Study":
@@ -89,7 +94,7 @@ class Study:
         if not (path / CONFIG).is_file():
             raise InvalidInputError(f"no study in {str(path)!r} (no {CONFIG}); create one with "
                                     "`bayes-epm sweep run STUDY --config FILE`")
-        return cls(path, load_config(path / CONFIG))
+        return cls(path, load_config(path / CONFIG, priors=_read_priors(path)))
 
     def close(self) -> None:
         self._db.close()
@@ -103,6 +108,19 @@ class Study:
     @property
     def posterior_dir(self) -> Path:
         return self.path / POSTERIOR_DIR
+
+    @property
+    def priors(self):
+        """The model's :class:`~bayes_epm.model.Priors` for this study: the defaults, with the study's prior set."""
+        from bayes_epm.model import Priors  # imports PyMC: only when a fit or query needs it
+
+        return Priors(methods=self.config.priors)
+
+    def set_priors(self, prior_set: PriorSet) -> None:
+        """Replace the study's prior set (checked by the caller; written atomically)."""
+        register(prior_set)
+        _write_priors(self.path, prior_set)
+        self.config = load_config(self.path / CONFIG, priors=prior_set)
 
     # -- writing -------------------------------------------------------------------------------
     def propose(self, specs: list[dict], iteration: int, scores: list[float | None], costs: list[float],
@@ -194,6 +212,26 @@ class Study:
     def last_iteration(self) -> int:
         row = self._db.execute("SELECT COALESCE(MAX(iteration), -1) FROM runs").fetchone()
         return int(row[0])
+
+
+def _read_priors(path: Path) -> PriorSet | None:
+    """The study's prior set, or None for a study made before priors.json existed (its config's
+    [priors] table then stands)."""
+    file = path / PRIORS
+    if not file.is_file():
+        return None
+    try:
+        prior_set = PriorSet.from_dict(json.loads(file.read_text()))
+    except (ValueError, KeyError, TypeError) as err:
+        raise InvalidInputError(f"{file}: not a valid priors file ({type(err).__name__}: {err})") from None
+    register(prior_set)
+    return prior_set
+
+
+def _write_priors(path: Path, prior_set: PriorSet) -> None:
+    tmp = path / f".{PRIORS}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(prior_set.to_dict(), indent=2))
+    os.replace(tmp, path / PRIORS)
 
 
 class _Transaction:

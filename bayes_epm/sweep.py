@@ -32,7 +32,6 @@ from bayes_epm.acquisition import (TargetState, candidates, choose_batch, initia
 from bayes_epm.config import LabTruth, StudyConfig, load_truth
 from bayes_epm.errors import InvalidInputError, RunFailure
 from bayes_epm.lab import cost_factor, simulate_run, true_epm
-from bayes_epm.model import Priors
 from bayes_epm.store import Study
 
 Event = Callable[[str, dict], None]
@@ -99,8 +98,13 @@ class RayBackend:
         from bayes_epm.workers.ray_task import submit
         from bayes_epm.workers.spec import TrainSpec
 
+        from bayes_epm.models.formats import Format
+        from bayes_epm.models.quantize import callable_origin
+
+        fmt = Format.parse(spec["format"])  # a prior file's quantizer travels as its import path
+        origin = callable_origin(fmt.quantizer) if fmt.is_quantized else ""
         train_spec = TrainSpec(params=spec["params"], tokens=spec["tokens"], format=spec["format"],
-                               seed=int(spec.get("seed", 0)), device=self.device)
+                               seed=int(spec.get("seed", 0)), device=self.device, quantizer_callable=origin)
         self._pending[submit(train_spec, num_gpus=self.num_gpus, fn=self.fn)] = (run_id, train_spec)
 
     def wait(self) -> list[tuple[int, dict]]:
@@ -205,13 +209,14 @@ def fit_study(study: Study):
         raise RunFailure("the study has no finished dense run to fit the law on (every dense run failed or "
                          "diverged: see `bayes-epm sweep status`)")
     settings = {"draws": cfg.fit.draws, "tune": cfg.fit.tune, "chains": cfg.fit.chains, "seed": cfg.seed}
-    idata, diag = fit(table, centre=study_centre(cfg.space), **settings)
+    priors = study.priors
+    idata, diag = fit(table, centre=study_centre(cfg.space), priors=priors, **settings)
     if not diag.converged and not diag.divergences and diag.r_hat_max <= LONGER_IF_R_HAT_BELOW:
         # the chains agree but are too short for ESS >= 400 (few runs: funnel-shaped nuisance
         # directions): run them once more with twice the draws, as one would by hand
         settings = {**settings, "draws": 2 * cfg.fit.draws, "seed": cfg.seed + 1}  # new draws, not a repeat
-        idata, diag = fit(table, centre=study_centre(cfg.space), **settings)
-    save_fit(study.posterior_dir, idata, table, diag, Priors(), settings)
+        idata, diag = fit(table, centre=study_centre(cfg.space), priors=priors, **settings)
+    save_fit(study.posterior_dir, idata, table, diag, priors, settings)
     return idata, diag
 
 
@@ -223,7 +228,7 @@ def _refit(study: Study, iteration: int, on_event: Event):
     """Fit the study, report it; returns (idata, diagnostics, target states, FLOPs spent)."""
     t0 = time.perf_counter()
     idata, diag = fit_study(study)
-    states, spent = target_states(idata, study.config.space.targets), study.flops_spent()
+    states, spent = target_states(idata, study.config.space.targets, priors=study.priors), study.flops_spent()
     on_event("fitted", {"iteration": iteration, "targets": states, "diagnostics": diag,
                         "fit_s": time.perf_counter() - t0, "flops_spent": spent, "counts": study.counts()})
     return idata, diag, states, spent
@@ -271,7 +276,8 @@ def run_sweep(study: Study, on_event: Event | None = None, choose=choose_batch) 
                 cands = candidates(cfg.space, cost, exclude=_excluded(study))
                 batch = choose(idata, cands, cfg.space.targets, cfg.budget.batch - len(in_flight),
                                pending=in_flight[["params", "tokens", "format"]], hdi_width=cfg.budget.hdi_width,
-                               budget_left=cfg.budget.flops - spent - committed, seed=cfg.seed + iteration)
+                               budget_left=cfg.budget.flops - spent - committed, seed=cfg.seed + iteration,
+                               priors=study.priors)
                 if batch.empty:
                     reason = "budget"
                 else:
@@ -312,7 +318,7 @@ def propose_only(study: Study, n: int) -> pd.DataFrame:
     pending = pd.concat([study.runs("proposed"), study.runs("running")])[["params", "tokens", "format"]]
     return choose_batch(saved.idata, candidates(cfg.space, cost, exclude=_excluded(study)), cfg.space.targets, n,
                         pending=pending, hdi_width=cfg.budget.hdi_width,
-                        budget_left=cfg.budget.flops - study.flops_spent(), seed=cfg.seed)
+                        budget_left=cfg.budget.flops - study.flops_spent(), seed=cfg.seed, priors=study.priors)
 
 
 def status(study: Study) -> dict[str, Any]:
@@ -323,6 +329,7 @@ def status(study: Study) -> dict[str, Any]:
         from bayes_epm.posterior_store import load_fit
 
         saved = load_fit(study.posterior_dir)
-        out["targets"] = {s.format: s.to_dict() for s in target_states(saved.idata, cfg.space.targets)}
+        out["targets"] = {s.format: s.to_dict() for s in target_states(saved.idata, cfg.space.targets,
+                                                                        priors=study.priors)}
         out["diagnostics"] = saved.meta["diagnostics"]
     return out

@@ -100,7 +100,7 @@ def write_study_files(root: Path, args, seed: int, budget: float) -> Path:
 
 
 def random_choice(idata, cands: pd.DataFrame, targets, k: int, *, pending=None, hdi_width=0.0,
-                  budget_left=np.inf, seed: int = 0) -> pd.DataFrame:
+                  budget_left=np.inf, seed: int = 0, priors=None) -> pd.DataFrame:
     """``k`` candidates drawn uniformly (without replacement within the batch), each affordable."""
     order = np.random.default_rng(seed).permutation(len(cands))
     flops = cands["flops"].to_numpy(float)

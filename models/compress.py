@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bayes_epm.models.formats import FULL_BITS, Format
-from bayes_epm.models.quantize import PUBLISHED_QUANTIZERS, QUANTIZERS
+from bayes_epm.models.quantize import PUBLISHED_QUANTIZERS, QUANTIZERS, callable_origin
 from bayes_epm.errors import CompressionError
 from bayes_epm.models.sparsity import PATTERNS, SparsitySchedule, attach_masks, pattern_family
 
@@ -54,6 +54,10 @@ def compress_(model: nn.Module, fmt: Format | str) -> list[CompressedLinear]:
         raise CompressionError(f"quantizer {fmt.quantizer!r} is known from published runs only "
                                f"({PUBLISHED_QUANTIZERS[fmt.quantizer][0]}); trainable quantizers: "
                                f"{', '.join(sorted(QUANTIZERS))}")
+    if fmt.is_quantized and fmt.quantizer not in QUANTIZERS:
+        raise CompressionError(f"quantizer {fmt.quantizer!r} came from a prior file whose callable "
+                               f"({callable_origin(fmt.quantizer) or 'none given'}) is not importable here, so it "
+                               f"cannot be trained; trainable quantizers: {', '.join(sorted(QUANTIZERS))}")
     targets = [(parent, name, child) for parent in model.modules()
                for name, child in parent.named_children() if type(child) is nn.Linear]
     if fmt.is_sparse:  # check every layer before touching any, so a failure leaves the model as it was

@@ -44,6 +44,12 @@ QUANTIZERS: dict[str, "Quantizer"] = {}
 # not trainable here. Each maps to a description and to the trainable quantizer whose forward
 # pass (and so whose error on Gaussian data) it matches.
 PUBLISHED_QUANTIZERS: dict[str, tuple[str, str]] = {}
+# Quantizers a prior file introduced (bayes_epm.priors): name -> the callable's origin
+# ("pkg.mod:fn" or "/path/file.py:fn"). One whose callable did not import in this process is known
+# by name (to fit and query its runs) but is not in QUANTIZERS, so it cannot be trained here.
+METHOD_QUANTIZERS: dict[str, str] = {}
+# GMSE measured when a method's prior was imported: name -> {bits: (GMSE, standard error)}
+STORED_GMSE: dict[str, dict[int, tuple[float, float]]] = {}
 
 _EPS = 1e-12  # floor on a row's step, so that an all-zero row divides by no zero
 
@@ -78,8 +84,55 @@ def register_published_quantizer(name: str, description: str, forward_like: str)
 
 
 def known_quantizers() -> list[str]:
-    """Every quantizer name valid in a format: trainable and published-only."""
-    return sorted([*QUANTIZERS, *PUBLISHED_QUANTIZERS])
+    """Every quantizer name valid in a format: trainable, published-only and from prior files."""
+    return sorted({*QUANTIZERS, *PUBLISHED_QUANTIZERS, *METHOD_QUANTIZERS})
+
+
+def callable_origin(name: str) -> str:
+    """Where a method quantizer's callable comes from; "" for the built-in ones."""
+    return METHOD_QUANTIZERS.get(name, "")
+
+
+def register_method_quantizer(name: str, origin: str, fn: Callable | None,
+                              gmse: dict[int, tuple[float, float]]) -> None:
+    """Register a quantizer introduced by a prior file (:mod:`bayes_epm.priors`).
+
+    ``fn(tensor, bits) -> tensor`` fake-quantizes a 2-D tensor row by row (weights ``(out, in)``,
+    activations ``(tokens, in)``); it is wrapped with a straight-through gradient. ``fn=None``
+    (its callable does not import here, or there is none) makes the name valid in formats, with
+    its stored ``gmse``, without making it trainable. Registering the same name from the same
+    origin again is a no-op; from another origin it is an error.
+    """
+    if name in PUBLISHED_QUANTIZERS or (name in QUANTIZERS and name not in METHOD_QUANTIZERS):
+        raise KeyError(f"quantizer {name!r} is built in; a new method needs a new name")
+    if name in METHOD_QUANTIZERS and METHOD_QUANTIZERS[name] != origin:
+        raise KeyError(f"quantizer {name!r} is already registered from {METHOD_QUANTIZERS[name]!r}, not {origin!r}")
+    METHOD_QUANTIZERS[name] = origin
+    if fn is not None and name not in QUANTIZERS:
+        quantizer = CallableQuantizer(fn)
+        quantizer.name = name
+        QUANTIZERS[name] = quantizer
+    if gmse:
+        set_stored_gmse(name, gmse)
+
+
+def unregister_method_quantizer(name: str) -> None:
+    """Forget a quantizer a prior file introduced (a failed import, or a test cleaning up)."""
+    if name in METHOD_QUANTIZERS:
+        del METHOD_QUANTIZERS[name]
+        QUANTIZERS.pop(name, None)
+        STORED_GMSE.pop(name, None)
+    from bayes_epm.gmse import quantizer_gmse  # cached per name: a later method of this name differs
+
+    quantizer_gmse.cache_clear()
+
+
+def set_stored_gmse(name: str, gmse: dict[int, tuple[float, float]]) -> None:
+    STORED_GMSE[name] = dict(gmse)
+
+
+def trainable(name: str) -> bool:
+    return name in QUANTIZERS
 
 
 def _gaussian_midrise_mse(step: float, bits: int) -> float:
@@ -225,3 +278,21 @@ for _name, _text in {
     "half_hadamard_clip": "QuEST HalfHadamardClipQuantizer: Hadamard on half the dimensions, then clip",
 }.items():
     register_published_quantizer(_name, _text, forward_like="rms")
+
+
+class CallableQuantizer(Quantizer):
+    """A quantizer from a function ``fn(rows, bits) -> rows`` (a prior file's ``gmse.quantizer``).
+
+    The forward pass is ``fn``'s; the gradient is the identity (plain straight-through): nothing
+    is known about ``fn``'s clipping range. Masked entries (sparse weights) stay zero.
+    """
+
+    def __init__(self, fn: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
+        self.fn = fn
+
+    def quantize_rows(self, x, bits, mask=None):
+        src = x if mask is None else x * mask
+        with torch.no_grad():
+            q = self.fn(src.detach(), bits).to(x.dtype)
+        out = x + (q - x).detach()
+        return out if mask is None else out * mask

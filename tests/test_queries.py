@@ -73,7 +73,8 @@ def test_query_commands(fitted, capsys):
     d = fitted["dir"]
     code, out, _ = run_cli(capsys, "epm", d, "--format", "w8a8", "--json")
     got = json.loads(out)
-    assert code == 0 and set(got) == {"format", "mean", "sd", "hdi_90", "observed"} and got["observed"] is False
+    assert code == 0 and set(got) == {"format", "mean", "sd", "hdi_90", "observed", "source"}
+    assert got["observed"] is False and got["source"] == "hierarchy"
     code, out, _ = run_cli(capsys, "compare", d, "s0.5", "w4a4", "--json")
     assert code == 0 and 0 <= json.loads(out)["p_a_greater"] <= 1
     code, out, _ = run_cli(capsys, "predict", d, "--params", "3e8", "--tokens", "6e9", "--format", "w4", "--json")

@@ -41,6 +41,15 @@ def _strict_from_dict(cls: type, d: dict[str, Any], what: str) -> Any:
     return cls(**d)
 
 
+def _register_callable(fmt: str, origin: str) -> None:
+    from bayes_epm.models.quantize import QUANTIZERS, register_method_quantizer
+    from bayes_epm.priors import load_callable
+
+    name = fmt.rsplit(":", 1)[-1]
+    if name not in QUANTIZERS:
+        register_method_quantizer(name, origin, load_callable(origin), {})
+
+
 def _positive(name: str, value: Any, integer: bool = False) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
     if ok and integer:
@@ -95,6 +104,7 @@ class TrainSpec:
     data_dtype: str = "auto"
     device: str = "auto"
     eval_tokens: int = 65_536
+    quantizer_callable: str = ""  # a prior file's quantizer ("pkg.mod:fn"), imported where the run trains
 
     def __post_init__(self) -> None:
         _positive("params", self.params)
@@ -149,6 +159,8 @@ class TrainSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainSpec":
+        if d.get("quantizer_callable"):  # a Ray worker: make the method's quantizer known (and trainable) here
+            _register_callable(str(d.get("format", "")), d["quantizer_callable"])
         return _strict_from_dict(cls, d, "spec")
 
 

@@ -1,0 +1,714 @@
+"""Priors for compression methods: what is believed about EPMs before (or besides) a study's runs.
+
+Four sources, each kept with its provenance:
+
+- **A prior file** (TOML; schema in the README), one ``[method.NAME]`` table per method::
+
+      [method.mxq]
+      kind = "quantizer"                    # usable in formats as w4:mxq, w4a4:mxq, ...
+      [method.mxq.epm]                      # a prior on the method's factor at given levels
+      w4 = { dist = "beta", alpha = 18, beta = 3 }
+      a4 = { dist = "logitnormal", mu = 1.0, sigma = 0.5 }
+      [method.mxq.gmse]                     # place the other levels by the error on Gaussian data
+      quantizer = "my_pkg.quant:mxq"        # importable callable (tensor, bits) -> tensor, or "file.py:fn"
+      [method.mxq.from_posterior]           # start from a previous study's posterior
+      study = "studies/last-year"
+
+  An ``epm`` level prior is the prior of that factor level (``w4`` is the weight factor of
+  ``w4:mxq``, ``a4`` its activation factor): it replaces the capacity-curve prior of the level,
+  so a format of that one level with no runs answers with exactly this distribution.
+- **Gaussian error**: a method's GMSE at every bit width (seeded Monte Carlo, standard error kept),
+  which the model maps through the capacity curve whose constants it learns across methods
+  (:mod:`bayes_epm.gmse`): the method's levels are placed before it is ever trained.
+- **A previous posterior**: a multivariate normal on the unconstrained scale over the law
+  (log A, log B, log E, log alpha, log beta) and the method's levels (log rho), mean and covariance
+  of the previous study's draws, so the correlations between the law and the EPMs are kept.
+- **The literature** (``bayes_epm/data/literature.toml``, with citations): published EPMs of
+  weight-only and weights+activations integer quantization and of unstructured and 2:4 sparsity,
+  the default population priors. Each is a log-normal belief about its format's EPM (its range a
+  90% interval), multiplied into the hierarchy's own prior wherever that format is fitted.
+
+Validation is complete before anything is written: an unknown distribution or parameter, an
+invalid value, a prior with more than :data:`MASS_TOLERANCE` of its mass outside (0, 1.5], an
+unimportable or misbehaving callable, a missing or unconverged study: one
+:class:`~bayes_epm.errors.InvalidInputError` that says what was wrong and what is valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import math
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bayes_epm.errors import InvalidInputError
+
+EPM_UPPER = 1.5  # no format is worth 1.5 dense parameters per parameter
+MASS_TOLERANCE = 0.01  # the largest share of a prior's mass allowed outside (0, EPM_UPPER]
+DISTS = {  # distribution -> its parameters (a distribution of the EPM factor rho itself)
+    "beta": ("alpha", "beta"),
+    "logitnormal": ("mu", "sigma"),
+    "lognormal": ("mu", "sigma"),
+    "normal": ("mu", "sigma"),  # truncated to (0, 1.5] (it must hold >= 99% of its mass there)
+    "uniform": ("lower", "upper"),
+}
+KINDS = ("quantizer",)
+BITS = tuple(range(1, 9))
+LAW = ("log_A", "log_B", "log_E", "log_alpha", "log_beta")
+LITERATURE_FILE = Path(__file__).parent / "data" / "literature.toml"
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_LEVEL_RE = re.compile(r"^(?P<factor>[wa])(?P<bits>\d+)$")
+
+
+# ------------------------------------------------------------------------------------ distributions
+@dataclass(frozen=True)
+class Dist:
+    """A distribution of an EPM factor rho, by name and parameters (see :data:`DISTS`)."""
+
+    name: str
+    params: tuple[tuple[str, float], ...]
+
+    @property
+    def kw(self) -> dict[str, float]:
+        return dict(self.params)
+
+    def scipy(self):
+        """The frozen ``scipy.stats`` distribution of rho."""
+        from scipy import stats
+
+        p = self.kw
+        if self.name == "beta":
+            return stats.beta(p["alpha"], p["beta"])
+        if self.name == "logitnormal":
+            return _LogitNormal(p["mu"], p["sigma"])
+        if self.name == "lognormal":
+            return stats.lognorm(s=p["sigma"], scale=math.exp(p["mu"]))
+        if self.name == "normal":
+            lo, hi = (0.0 - p["mu"]) / p["sigma"], (EPM_UPPER - p["mu"]) / p["sigma"]
+            return stats.truncnorm(lo, hi, loc=p["mu"], scale=p["sigma"])
+        return stats.uniform(p["lower"], p["upper"] - p["lower"])
+
+    def pymc(self, name: str):
+        """The PyMC random variable of rho with this distribution (inside a model context)."""
+        import pymc as pm
+
+        p = self.kw
+        if self.name == "beta":
+            return pm.Beta(name, alpha=p["alpha"], beta=p["beta"])
+        if self.name == "logitnormal":
+            return pm.LogitNormal(name, mu=p["mu"], sigma=p["sigma"])
+        if self.name == "lognormal":
+            return pm.LogNormal(name, mu=p["mu"], sigma=p["sigma"])
+        if self.name == "normal":
+            return pm.TruncatedNormal(name, mu=p["mu"], sigma=p["sigma"], lower=0.0, upper=EPM_UPPER)
+        return pm.Uniform(name, lower=p["lower"], upper=p["upper"])
+
+    def mass_outside(self) -> float:
+        """Share of the stated distribution's mass outside (0, 1.5] (before any truncation)."""
+        p = self.kw
+        if self.name == "lognormal":
+            return float(0.5 * math.erfc((math.log(EPM_UPPER) - p["mu"]) / (p["sigma"] * math.sqrt(2))))
+        if self.name == "normal":
+            cdf = lambda x: 0.5 * math.erfc(-(x - p["mu"]) / (p["sigma"] * math.sqrt(2)))  # noqa: E731
+            return float(cdf(0.0) + 1.0 - cdf(EPM_UPPER))
+        return 0.0  # beta, logitnormal: (0, 1); uniform: bounds checked
+
+    def quantiles(self, qs=(0.05, 0.5, 0.95)) -> list[float]:
+        return [float(v) for v in self.scipy().ppf(np.asarray(qs))]
+
+    def describe(self) -> str:
+        return f"{self.name}(" + ", ".join(f"{k}={v:g}" for k, v in self.params) + ")"
+
+    def to_dict(self) -> dict:
+        return {"dist": self.name, **self.kw}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Dist":
+        return cls(d["dist"], tuple((k, float(d[k])) for k in DISTS[d["dist"]]))
+
+
+class _LogitNormal:
+    """rho = sigmoid(x), x ~ Normal(mu, sigma): the ppf/cdf that ``scipy.stats`` lacks."""
+
+    def __init__(self, mu: float, sigma: float) -> None:
+        from scipy import stats
+
+        self._x = stats.norm(mu, sigma)
+
+    def ppf(self, q):
+        return 1.0 / (1.0 + np.exp(-self._x.ppf(q)))
+
+    def cdf(self, rho):
+        rho = np.asarray(rho, float)
+        return self._x.cdf(np.log(rho) - np.log1p(-rho))
+
+    def rvs(self, size, random_state):
+        return 1.0 / (1.0 + np.exp(-self._x.rvs(size=size, random_state=random_state)))
+
+
+def parse_dist(raw: Any, where: str) -> Dist:
+    """Read and check one ``{dist = ..., <params>}`` table."""
+    valid = "; ".join(f"{d}: {', '.join(p)}" for d, p in DISTS.items())
+    if not isinstance(raw, dict) or "dist" not in raw:
+        raise InvalidInputError(f"{where} = {raw!r} is not valid; it must be a table with 'dist' and its "
+                                f"parameters ({valid})")
+    name = raw["dist"]
+    if name not in DISTS:
+        raise InvalidInputError(f"{where}: unknown distribution {name!r}; valid: {valid}")
+    expected = DISTS[name]
+    given = sorted(set(raw) - {"dist"})
+    if given != sorted(expected):
+        raise InvalidInputError(f"{where}: {name} takes parameters {', '.join(expected)}; got "
+                                f"{', '.join(given) or 'none'}")
+    params = {}
+    for key in expected:
+        v = raw[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise InvalidInputError(f"{where}.{key} = {v!r} is not valid; it must be a finite number")
+        params[key] = float(v)
+    positive = {"beta": ("alpha", "beta"), "logitnormal": ("sigma",), "lognormal": ("sigma",),
+                "normal": ("sigma",)}.get(name, ())
+    for key in positive:
+        if params[key] <= 0:
+            raise InvalidInputError(f"{where}.{key} = {params[key]:g} is not valid; it must be > 0")
+    if name == "uniform" and not 0.0 <= params["lower"] < params["upper"] <= EPM_UPPER:
+        raise InvalidInputError(f"{where}: uniform(lower={params['lower']:g}, upper={params['upper']:g}) is not "
+                                f"valid; an EPM prior needs 0 <= lower < upper <= {EPM_UPPER}")
+    dist = Dist(name, tuple((k, params[k]) for k in expected))
+    outside = dist.mass_outside()
+    if outside > MASS_TOLERANCE:
+        raise InvalidInputError(f"{where}: {dist.describe()} puts {outside:.1%} of its mass outside (0, {EPM_UPPER}] "
+                                f"(at most {MASS_TOLERANCE:.0%} allowed): an EPM is positive and no format is "
+                                f"worth {EPM_UPPER} dense parameters per parameter")
+    return dist
+
+
+# ------------------------------------------------------------------------------------ prior records
+@dataclass(frozen=True)
+class LevelPrior:
+    """A prior on one factor level of a method (``factor`` weights/activations, ``level`` w4:mxq)."""
+
+    method: str
+    factor: str
+    level: str
+    dist: Dist
+    source: str
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "factor": self.factor, "level": self.level, "prior": self.dist.to_dict(),
+                "source": self.source}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LevelPrior":
+        return cls(d["method"], d["factor"], d["level"], Dist.from_dict(d["prior"]), d["source"])
+
+
+@dataclass(frozen=True)
+class Method:
+    """A compression method a prior file introduced: its name and, when given, its callable and GMSE."""
+
+    name: str
+    kind: str
+    callable: str = ""  # "pkg.mod:fn" or "/abs/file.py:fn"; "" when the file gave none
+    gmse: tuple[tuple[int, float, float], ...] = ()  # (bits, GMSE, Monte Carlo standard error)
+    source: str = ""
+
+    def gmse_at(self, bits: int) -> tuple[float, float] | None:
+        return next(((g, se) for b, g, se in self.gmse if b == bits), None)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "callable": self.callable,
+                "gmse": [{"bits": b, "gmse": g, "se": se} for b, g, se in self.gmse], "source": self.source}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Method":
+        return cls(d["name"], d["kind"], d.get("callable", ""),
+                   tuple((int(r["bits"]), float(r["gmse"]), float(r["se"])) for r in d.get("gmse", [])),
+                   d.get("source", ""))
+
+
+@dataclass(frozen=True)
+class JointPrior:
+    """A multivariate normal on the unconstrained scale from a previous study's posterior.
+
+    ``names``: the law's ``log_A, log_B, log_E, log_alpha, log_beta``, then ``"<factor>/<level>"``
+    (the level's log rho). ``mean`` and ``cov`` are those of the previous posterior's draws.
+    """
+
+    study: str
+    names: tuple[str, ...]
+    mean: tuple[float, ...]
+    cov: tuple[tuple[float, ...], ...]
+    n_draws: int
+    source: str
+
+    def levels(self) -> list[tuple[str, str]]:
+        return [tuple(n.split("/", 1)) for n in self.names[len(LAW):]]
+
+    def correlation(self) -> np.ndarray:
+        cov = np.asarray(self.cov)
+        sd = np.sqrt(np.diag(cov))
+        return cov / np.outer(sd, sd)
+
+    def to_dict(self) -> dict:
+        return {"study": self.study, "names": list(self.names), "mean": list(self.mean),
+                "cov": [list(r) for r in self.cov], "n_draws": self.n_draws, "source": self.source}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "JointPrior":
+        return cls(d["study"], tuple(d["names"]), tuple(float(v) for v in d["mean"]),
+                   tuple(tuple(float(v) for v in r) for r in d["cov"]), int(d["n_draws"]), d["source"])
+
+
+@dataclass(frozen=True)
+class LiteraturePrior:
+    """A published EPM of one format: log rho ~ Normal(log epm, sigma), [low, high] its 90% interval."""
+
+    family: str
+    format: str
+    epm: float
+    low: float
+    high: float
+    source: str
+    quote: str = ""
+    note: str = ""
+
+    @property
+    def mu(self) -> float:
+        return math.log(self.epm)
+
+    @property
+    def sigma(self) -> float:
+        return (math.log(self.high) - math.log(self.low)) / (2 * 1.6448536269514722)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_literature(path: str | Path = LITERATURE_FILE) -> tuple[LiteraturePrior, ...]:
+    """The shipped literature table (checked: a broken table is a bug, reported as such)."""
+    from bayes_epm.models.formats import Format
+
+    raw = tomllib.loads(Path(path).read_text())
+    out = []
+    for i, e in enumerate(raw.get("entry", [])):
+        entry = LiteraturePrior(**e)
+        if not 0 < entry.low < entry.epm < entry.high <= EPM_UPPER:
+            raise InvalidInputError(f"{path}: entry {i} ({entry.format}) needs 0 < low < epm < high <= {EPM_UPPER}")
+        out.append(LiteraturePrior(**{**e, "format": Format.parse(entry.format).name}))
+    formats = [e.format for e in out]
+    if len(set(formats)) != len(formats):
+        raise InvalidInputError(f"{path}: a format is listed twice")
+    return tuple(out)
+
+
+# ------------------------------------------------------------------------------------ the prior set
+@dataclass(frozen=True)
+class PriorSet:
+    """Everything a study (or one fit) believes besides its runs: methods, level priors, an
+    optional joint prior from a previous posterior, and whether the literature table is used."""
+
+    methods: tuple[Method, ...] = ()
+    levels: tuple[LevelPrior, ...] = ()
+    joint: JointPrior | None = None
+    literature: bool = True
+    imports: tuple[tuple[str, str], ...] = ()  # (file, sha256) of every prior file imported, in order
+
+    def method(self, name: str) -> Method | None:
+        return next((m for m in self.methods if m.name == name), None)
+
+    def literature_entries(self) -> tuple[LiteraturePrior, ...]:
+        return LITERATURE if self.literature else ()
+
+    def merge(self, other: "PriorSet", replace: bool = False) -> "PriorSet":
+        """This set with ``other``'s methods added; a method already here is an error unless ``replace``."""
+        clash = sorted({m.name for m in other.methods} & {m.name for m in self.methods})
+        if clash and not replace:
+            raise InvalidInputError(f"the study already has priors for method(s) {', '.join(clash)}; "
+                                    "import with --replace to replace them")
+        keep = lambda name: name not in {m.name for m in other.methods}  # noqa: E731
+        joint = other.joint or self.joint
+        if other.joint and self.joint and self.joint.study != other.joint.study and any(
+                keep(lv.split(":")[-1]) for _, lv in self.joint.levels()):
+            raise InvalidInputError(f"the study already has a prior from the posterior of {self.joint.study!r}; "
+                                    f"a second one ({other.joint.study!r}) would double-count the law")
+        return PriorSet(methods=tuple(m for m in self.methods if keep(m.name)) + other.methods,
+                        levels=tuple(lp for lp in self.levels if keep(lp.method)) + other.levels,
+                        joint=joint, literature=self.literature and other.literature,
+                        imports=self.imports + other.imports)
+
+    def to_dict(self) -> dict:
+        return {"methods": [m.to_dict() for m in self.methods], "levels": [lp.to_dict() for lp in self.levels],
+                "joint": self.joint.to_dict() if self.joint else None, "literature": self.literature,
+                "imports": [{"file": f, "sha256": h} for f, h in self.imports]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PriorSet":
+        return cls(methods=tuple(Method.from_dict(m) for m in d.get("methods", [])),
+                   levels=tuple(LevelPrior.from_dict(lp) for lp in d.get("levels", [])),
+                   joint=JointPrior.from_dict(d["joint"]) if d.get("joint") else None,
+                   literature=bool(d.get("literature", True)),
+                   imports=tuple((i["file"], i["sha256"]) for i in d.get("imports", [])))
+
+
+LITERATURE: tuple[LiteraturePrior, ...] = load_literature() if LITERATURE_FILE.is_file() else ()
+
+
+# ------------------------------------------------------------------------------------ registration
+def register(prior_set: PriorSet) -> None:
+    """Make every method of ``prior_set`` usable in format names in this process.
+
+    A method whose callable imports here becomes a trainable quantizer; one whose callable does not
+    import (or that has none) is known by name, with its stored GMSE, but cannot be trained here.
+    """
+    from bayes_epm.models import quantize
+
+    for m in prior_set.methods:
+        if m.name in quantize.QUANTIZERS or m.name in quantize.PUBLISHED_QUANTIZERS:
+            if m.callable and quantize.callable_origin(m.name) not in ("", m.callable):
+                raise InvalidInputError(f"quantizer {m.name!r} is already registered from "
+                                        f"{quantize.callable_origin(m.name)!r}, not {m.callable!r}")
+            if m.gmse:
+                quantize.set_stored_gmse(m.name, {b: (g, se) for b, g, se in m.gmse})
+            continue
+        fn = None
+        if m.callable:
+            try:
+                fn = load_callable(m.callable)
+            except InvalidInputError:
+                fn = None  # known by name and GMSE; training it here says why it cannot
+        quantize.register_method_quantizer(m.name, m.callable, fn, {b: (g, se) for b, g, se in m.gmse})
+
+
+def load_callable(spec: str, base_dir: str | Path = ".") -> Any:
+    """Import ``"pkg.mod:fn"`` or ``"path/file.py:fn"`` (relative to ``base_dir``)."""
+    if spec.count(":") != 1 or not all(spec.split(":")):
+        raise InvalidInputError(f"quantizer = {spec!r} is not valid; it must be 'package.module:function' or "
+                                "'path/to/file.py:function'")
+    target, name = spec.split(":")
+    try:
+        if target.endswith(".py"):
+            path = (Path(base_dir) / target).resolve()
+            if not path.is_file():
+                raise InvalidInputError(f"quantizer = {spec!r}: no file {str(path)!r}")
+            modspec = importlib.util.spec_from_file_location(f"bayes_epm_method_{path.stem}", path)
+            module = importlib.util.module_from_spec(modspec)
+            modspec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except InvalidInputError:
+        raise
+    except Exception as err:  # an import error, or the module failed while importing
+        raise InvalidInputError(f"quantizer = {spec!r} cannot be imported: {type(err).__name__}: {err}") from None
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise InvalidInputError(f"quantizer = {spec!r}: module {target!r} has no callable {name!r}")
+    return fn
+
+
+def _absolute_callable(spec: str, base_dir: Path) -> str:
+    target, name = spec.split(":")
+    return f"{(base_dir / target).resolve()}:{name}" if target.endswith(".py") else spec
+
+
+def _check_callable(fn, spec: str) -> None:
+    """Call the quantizer once on Gaussian rows: it must return a finite tensor of the same shape."""
+    import torch
+
+    x = torch.randn(4, 1024, generator=torch.Generator().manual_seed(0))
+    for bits in (4,):
+        try:
+            y = fn(x.clone(), bits)
+        except Exception as err:
+            raise InvalidInputError(f"quantizer {spec!r} failed on a (4, 1024) Gaussian tensor at {bits} bits: "
+                                    f"{type(err).__name__}: {err}") from None
+        if not isinstance(y, torch.Tensor) or y.shape != x.shape or not torch.isfinite(y).all():
+            got = f"a tensor of shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
+            raise InvalidInputError(f"quantizer {spec!r} must return a finite tensor of the input's shape "
+                                    f"(4, 1024) at {bits} bits; it returned {got}"
+                                    f"{' with non-finite values' if isinstance(y, torch.Tensor) else ''}")
+
+
+def method_gmse(name: str) -> tuple[tuple[int, float, float], ...]:
+    """GMSE and its Monte Carlo standard error at every bit width the registered quantizer supports.
+
+    A bit width where the quantizer raises, or where its GMSE is >= 1 (worse than outputting zeros,
+    which the capacity curve cannot place), is left out; none left is an error."""
+    from bayes_epm.gmse import quantizer_gmse
+
+    rows, why = [], []
+    for bits in BITS:
+        try:
+            g, se = quantizer_gmse(name, bits)
+        except Exception as err:
+            why.append(f"{bits} bits: {type(err).__name__}: {err}")
+            continue
+        if not (math.isfinite(g) and 0 < g < 1):
+            why.append(f"{bits} bits: GMSE {g:.3g} (needs 0 < GMSE < 1)")
+            continue
+        rows.append((bits, g, se))
+    if not rows:
+        raise InvalidInputError(f"quantizer {name!r} could not be placed at any bit width: {'; '.join(why)}")
+    return tuple(rows)
+
+
+# ------------------------------------------------------------------------------------ prior files
+def load_prior_file(path: str | Path, literature: bool = True) -> PriorSet:
+    """Read, check and resolve a prior file: callables imported and measured, previous posteriors
+    summarised. Raises :class:`InvalidInputError` on the first problem; registers nothing new in
+    this process unless the whole file is valid."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(f"no prior file at {str(path)!r}")
+    data = path.read_bytes()
+    try:
+        raw = tomllib.loads(data.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise InvalidInputError(f"{path}: not valid TOML: {err}") from None
+    unknown = sorted(set(raw) - {"method"})
+    if unknown or not isinstance(raw.get("method"), dict) or not raw["method"]:
+        raise InvalidInputError(f"{path}: a prior file holds [method.NAME] tables only (got "
+                                f"{', '.join(map(repr, unknown)) or 'no method'})")
+    methods, levels, joints = [], [], []
+    for name, table in raw["method"].items():
+        m, lv, joint = _method(name, table, path)
+        methods.append(m)
+        levels.extend(lv)
+        if joint is not None:
+            joints.append(joint)
+    studies = {j.study for j in joints}
+    if len(studies) > 1:
+        raise InvalidInputError(f"{path}: from_posterior names {len(studies)} studies ({', '.join(sorted(studies))}); "
+                                "the law can come from one previous posterior only")
+    joint = None
+    if joints:
+        joint = _merge_joints(joints)
+    return PriorSet(methods=tuple(methods), levels=tuple(levels), joint=joint, literature=literature,
+                    imports=((str(path.resolve()), hashlib.sha256(data).hexdigest()),))
+
+
+def _method(name: str, table: Any, path: Path) -> tuple[Method, list[LevelPrior], JointPrior | None]:
+    from bayes_epm.models import quantize
+
+    where = f"method.{name}"
+    if not _NAME_RE.match(name):
+        raise InvalidInputError(f"[{where}]: {name!r} is not a valid method name; it must match "
+                                "[A-Za-z_][A-Za-z0-9_]* (it is written in formats as w4:NAME)")
+    if not isinstance(table, dict):
+        raise InvalidInputError(f"[{where}] must be a table")
+    valid = ("kind", "epm", "gmse", "from_posterior")
+    unknown = sorted(set(table) - set(valid))
+    if unknown:
+        raise InvalidInputError(f"unknown key(s) {', '.join(map(repr, unknown))} in [{where}]; valid: {', '.join(valid)}")
+    kind = table.get("kind")
+    if kind == "sparsifier":
+        raise InvalidInputError(f"[{where}] kind = 'sparsifier' is not supported yet: format names have no "
+                                "sparsifier field (only magnitude pruning, unstructured or N:M, is trainable); "
+                                "valid kinds: quantizer")
+    if kind not in KINDS:
+        raise InvalidInputError(f"[{where}] kind = {kind!r} is not valid; valid: {', '.join(KINDS)}")
+    if not any(k in table for k in ("epm", "gmse", "from_posterior")):
+        raise InvalidInputError(f"[{where}] gives no prior; add [{where}.epm], [{where}.gmse] or "
+                                f"[{where}.from_posterior]")
+    builtin = name in quantize.QUANTIZERS and not quantize.callable_origin(name) or name in quantize.PUBLISHED_QUANTIZERS
+    levels = []
+    for key, spec in _table(table.get("epm", {}), f"{where}.epm").items():
+        m = _LEVEL_RE.match(key)
+        if m is None or int(m["bits"]) not in BITS:
+            hint = " (w4a4 combines two levels: give w4 and a4)" if re.match(r"^w\d+a\d+$", key) else ""
+            raise InvalidInputError(f"{where}.epm: {key!r} is not a level of a quantizer{hint}; valid: w<bits> "
+                                    "(weights) or a<bits> (activations), bits 1-8")
+        factor = "weights" if m["factor"] == "w" else "activations"
+        levels.append(LevelPrior(name, factor, f"{key}:{name}", parse_dist(spec, f"{where}.epm.{key}"),
+                                 f"file {path.name}"))
+    callable_spec, gmse = "", ()
+    if "gmse" in table:
+        g = _table(table["gmse"], f"{where}.gmse")
+        if set(g) != {"quantizer"} or not isinstance(g["quantizer"], str):
+            raise InvalidInputError(f"[{where}.gmse] takes one key, quantizer = 'package.module:function'; got "
+                                    f"{', '.join(sorted(g)) or 'nothing'}")
+        if builtin:
+            raise InvalidInputError(f"[{where}.gmse]: {name!r} is a built-in quantizer with its own GMSE; a new "
+                                    "method needs a new name")
+        fn = load_callable(g["quantizer"], path.parent)
+        _check_callable(fn, g["quantizer"])
+        callable_spec = _absolute_callable(g["quantizer"], path.parent)
+        gmse = _measure(name, callable_spec, fn)
+    joint = None
+    if "from_posterior" in table:
+        fp = _table(table["from_posterior"], f"{where}.from_posterior")
+        if set(fp) != {"study"} or not isinstance(fp["study"], str):
+            raise InvalidInputError(f"[{where}.from_posterior] takes one key, study = 'path/to/study'; got "
+                                    f"{', '.join(sorted(fp)) or 'nothing'}")
+        joint = posterior_prior(path.parent / fp["study"], name)
+        both = {lv for _, lv in joint.levels()} & {lp.level for lp in levels}
+        if both:
+            raise InvalidInputError(f"[{where}]: level(s) {', '.join(sorted(both))} have both an epm prior and one "
+                                    "from the previous posterior; keep one")
+    return Method(name, kind, callable_spec, gmse, f"file {path.name}"), levels, joint
+
+
+def _table(value: Any, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise InvalidInputError(f"[{where}] must be a table")
+    return value
+
+
+def _measure(name: str, spec: str, fn) -> tuple[tuple[int, float, float], ...]:
+    """GMSE of a callable quantizer not yet registered: registered for the measurement, and kept
+    registered only if the measurement succeeds (the caller registers the whole set later)."""
+    from bayes_epm.models import quantize
+
+    fresh = name not in quantize.QUANTIZERS
+    if not fresh and quantize.callable_origin(name) != spec:
+        raise InvalidInputError(f"quantizer {name!r} is already registered from "
+                                f"{quantize.callable_origin(name) or 'bayes-epm'!r}, not {spec!r}")
+    if fresh:
+        quantize.register_method_quantizer(name, spec, fn, {})
+    try:
+        return method_gmse(name)
+    except Exception:
+        if fresh:
+            quantize.unregister_method_quantizer(name)
+        raise
+
+
+def posterior_prior(study_dir: str | Path, method: str) -> JointPrior:
+    """The joint prior (law and ``method``'s levels) from the saved posterior of a study."""
+    from bayes_epm.posterior_store import load_fit
+    from bayes_epm.store import POSTERIOR_DIR
+
+    study_dir = Path(study_dir)
+    where = study_dir / POSTERIOR_DIR if (study_dir / POSTERIOR_DIR).is_dir() else study_dir
+    if not where.is_dir():
+        raise InvalidInputError(f"from_posterior: no study or fitted posterior at {str(study_dir)!r}")
+    saved = load_fit(where)
+    if not saved.diagnostics.converged:
+        raise InvalidInputError(f"from_posterior: the posterior in {str(where)!r} is not converged "
+                                f"({'; '.join(saved.diagnostics.problems())}); a prior from it would be wrong")
+    post = saved.idata.posterior
+    columns = [np.log(post[v].values.reshape(-1)) for v in ("A", "B", "E", "alpha", "beta")]
+    names = list(LAW)
+    for factor in ("weights", "activations"):
+        coord = f"{factor}_level"
+        if coord not in post.coords:
+            continue
+        for level in map(str, post.coords[coord].values):
+            if level.split(":", 1)[1] == method:
+                names.append(f"{factor}/{level}")
+                columns.append(post[f"log_rho_{factor}"].sel({coord: level}).values.reshape(-1))
+    if len(names) == len(LAW):
+        seen = sorted({str(lv) for f in ("weights", "activations") if f"{f}_level" in post.coords
+                       for lv in post.coords[f"{f}_level"].values})
+        raise InvalidInputError(f"from_posterior: the posterior in {str(where)!r} has no level of method {method!r} "
+                                f"(its quantized levels: {', '.join(seen) or 'none'})")
+    x = np.column_stack(columns)
+    cov = np.cov(x, rowvar=False)
+    try:
+        np.linalg.cholesky(cov)
+    except np.linalg.LinAlgError:
+        raise InvalidInputError(f"from_posterior: the posterior draws in {str(where)!r} are degenerate "
+                                "(covariance not positive definite)") from None
+    return JointPrior(str(study_dir.resolve()), tuple(names), tuple(map(float, x.mean(axis=0))),
+                      tuple(tuple(map(float, r)) for r in cov), int(x.shape[0]), f"posterior of {study_dir.name}")
+
+
+def _merge_joints(joints: list[JointPrior]) -> JointPrior:
+    """Several methods from one study: one normal over the law and all their levels.
+
+    Each JointPrior was computed from the same draws, so the law block is identical and the
+    cross-covariances between methods are recomputed from the study once more."""
+    if len(joints) == 1:
+        return joints[0]
+    first = joints[0]
+    methods = sorted({lv.split(":", 1)[1] for j in joints for _, lv in j.levels()})
+    return _posterior_prior_all(first.study, methods)
+
+
+def _posterior_prior_all(study: str, methods: list[str]) -> JointPrior:
+    parts = [posterior_prior(study, m) for m in methods]
+    # recompute with every method's columns together so that their cross-covariance is kept
+    from bayes_epm.posterior_store import load_fit
+    from bayes_epm.store import POSTERIOR_DIR
+
+    where = Path(study) / POSTERIOR_DIR if (Path(study) / POSTERIOR_DIR).is_dir() else Path(study)
+    post = load_fit(where).idata.posterior
+    names = list(LAW) + [n for p in parts for n in p.names[len(LAW):]]
+    cols = [np.log(post[v].values.reshape(-1)) for v in ("A", "B", "E", "alpha", "beta")]
+    for n in names[len(LAW):]:
+        factor, level = n.split("/", 1)
+        cols.append(post[f"log_rho_{factor}"].sel({f"{factor}_level": level}).values.reshape(-1))
+    x = np.column_stack(cols)
+    cov = np.cov(x, rowvar=False)
+    return JointPrior(parts[0].study, tuple(names), tuple(map(float, x.mean(axis=0))),
+                      tuple(tuple(map(float, r)) for r in cov), int(x.shape[0]), parts[0].source)
+
+
+def level_priors(prior_set: PriorSet) -> dict[tuple[str, str], LevelPrior]:
+    """(factor, level) -> its explicit prior."""
+    return {(lp.factor, lp.level): lp for lp in prior_set.levels}
+
+
+# ------------------------------------------------------------------------------------ reports
+def curve_prior_quantiles(gmse: float, F_mu: float, C_mu: float, curve_sigma: float, level_sigma: float,
+                          quantizer_sigma: float, n: int = 20_000, seed: int = 0) -> list[float]:
+    """5/50/95% of a level's EPM placed on the capacity curve at ``gmse`` under the curve's prior
+    (before any fit: F, C, the level scatter and the quantizer's scale all drawn from their priors)."""
+    from bayes_epm.gmse import log_capacity
+
+    rng = np.random.default_rng(seed)
+    F = np.exp(rng.normal(F_mu, curve_sigma, n) + rng.normal(0.0, quantizer_sigma, n))
+    C = np.exp(rng.normal(C_mu, curve_sigma, n))
+    log_rho = log_capacity(math.log(gmse), F, C) + np.abs(rng.normal(0.0, level_sigma, n)) * rng.standard_normal(n)
+    return [float(v) for v in np.quantile(np.exp(log_rho), [0.05, 0.5, 0.95])]
+
+
+def summary(prior_set: PriorSet) -> dict:
+    """Every prior of a set, one line each, with where it came from (``priors list``)."""
+    rows = []
+    for m in prior_set.methods:
+        levels = [lp.level for lp in prior_set.levels if lp.method == m.name]
+        joint = [lv for _, lv in prior_set.joint.levels() if lv.split(":", 1)[1] == m.name] if prior_set.joint else []
+        rows.append({"name": m.name, "kind": m.kind, "epm_levels": levels,
+                     "gmse_bits": [b for b, _, _ in m.gmse], "callable": m.callable,
+                     "from_posterior": prior_set.joint.study if joint else None, "source": m.source})
+    lit = [{"name": e.format, "family": e.family, "epm": e.epm, "interval_90": [e.low, e.high], "source": e.source}
+           for e in prior_set.literature_entries()]
+    return {"methods": rows, "literature": lit, "literature_enabled": prior_set.literature,
+            "imports": [{"file": f, "sha256": h} for f, h in prior_set.imports]}
+
+
+def show(prior_set: PriorSet, name: str, curve: dict[str, float]) -> dict:
+    """One method's priors in full, or one literature entry (``priors show``). ``curve``: the
+    model's curve hyper-parameters (F_mu, C_mu, curve_sigma, level_sigma, quantizer_sigma)."""
+    m = prior_set.method(name)
+    if m is None:
+        entry = next((e for e in prior_set.literature_entries() if e.format == name), None)
+        if entry is None:
+            known = [x.name for x in prior_set.methods] + [e.format for e in prior_set.literature_entries()]
+            raise InvalidInputError(f"no prior named {name!r}; this study has: {', '.join(known) or 'none'}")
+        sigma = entry.sigma
+        q = [math.exp(entry.mu + z * sigma) for z in (-1.6448536269514722, 0.0, 1.6448536269514722)]
+        return {"name": name, "kind": "literature", **entry.to_dict(),
+                "prior": {"dist": "lognormal", "mu": entry.mu, "sigma": sigma}, "quantiles_5_50_95": q}
+    out: dict[str, Any] = {"name": m.name, "kind": m.kind, "source": m.source, "callable": m.callable, "levels": []}
+    for lp in prior_set.levels:
+        if lp.method == name:
+            out["levels"].append({"level": lp.level, "factor": lp.factor, "prior": lp.dist.to_dict(),
+                                  "describe": lp.dist.describe(), "quantiles_5_50_95": lp.dist.quantiles(),
+                                  "source": lp.source})
+    out["gmse"] = [{"bits": b, "gmse": g, "se": se, "relative_se": se / g,
+                    "epm_on_curve_prior_5_50_95": curve_prior_quantiles(g, **curve)} for b, g, se in m.gmse]
+    if prior_set.joint and any(lv.split(":", 1)[1] == name for _, lv in prior_set.joint.levels()):
+        j = prior_set.joint
+        out["from_posterior"] = {"study": j.study, "n_draws": j.n_draws, "names": list(j.names),
+                                 "mean": list(j.mean), "sd": [math.sqrt(j.cov[i][i]) for i in range(len(j.names))],
+                                 "correlation": j.correlation().round(3).tolist()}
+    return out
