@@ -167,6 +167,18 @@ def preflight(cfg: StudyConfig) -> LabTruth | None:
     if truth is not None:
         for f in cfg.space.formats:
             true_epm(truth, f)
+    else:  # real training: every quantizer of the space must be trainable in this process
+        from bayes_epm.models.formats import Format
+        from bayes_epm.models.quantize import QUANTIZERS, callable_origin
+
+        untrainable = sorted({Format.parse(f).quantizer for f in cfg.space.formats
+                              if Format.parse(f).is_quantized and Format.parse(f).quantizer not in QUANTIZERS})
+        if untrainable:
+            why = "; ".join(f"{q}: " + (f"its callable {callable_origin(q)!r} does not import here"
+                                       if callable_origin(q) else "no trainable quantizer (published runs or a "
+                                       "prior without a callable)") for q in untrainable)
+            raise InvalidInputError(f"backend.kind = 'train' cannot train every format of space.formats ({why}); "
+                                    f"trainable quantizers: {', '.join(sorted(QUANTIZERS))}")
     design, costs = _initial_specs(cfg, truth)
     flops = sum(6 * d["params"] * d["tokens"] * c for d, c in zip(design, costs))
     if flops > cfg.budget.flops:

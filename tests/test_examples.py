@@ -115,3 +115,10 @@ def test_oracle_floor_shrinks_with_a_wider_target():
     wide, _ = mod.oracle_flops(argparse.Namespace(width=0.2, noise=0.01, **base))
     noisy, _ = mod.oracle_flops(argparse.Namespace(width=0.05, noise=0.03, **base))
     assert 0 < wide < tight < noisy
+
+
+def test_new_method_example():
+    out = run("examples/new_method.py", "--draws", "100", "--tune", "100", "--max-iterations", "1")
+    assert "w4:mxq: 5/50/95% 0.737 / 0.866 / 0.948  (beta(alpha=24, beta=4))" in out  # the file's beta prior
+    assert "GMSE 0.4327 on the capacity curve" in out  # the callable measured, placed on the curve
+    assert "| w4:mxq | 0.880 |" in out and "| w4a4:mxq | - | - |" in out and "| hierarchy |" in out
