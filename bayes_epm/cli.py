@@ -487,7 +487,8 @@ def priors_import(
     else:
         for m in result["imported"]:
             parts = [f"epm priors at {', '.join(m['epm_levels'])}" if m["epm_levels"] else "",
-                     f"GMSE at {len(m['gmse_bits'])} bit widths" if m["gmse_bits"] else "",
+                     f"GMSE at {len(next(iter(m['gmse_at'].values())))} {next(iter(m['gmse_at']))} values"
+                     if any(m["gmse_at"].values()) else "",
                      f"joint prior from {m['from_posterior']}" if m["from_posterior"] else ""]
             print(f"imported {m['kind']} {m['name']}: {'; '.join(p for p in parts if p)}")
         print(result["note"])
@@ -510,11 +511,12 @@ def priors_list(
         return 0
     console = Console()
     table = Table(title="methods", title_justify="left")
-    for col in ("name", "kind", "epm priors", "GMSE bits", "from posterior", "source"):
+    for col in ("name", "kind", "epm priors", "GMSE at", "from posterior", "source"):
         table.add_column(col)
     for m in result["methods"]:
         table.add_row(m["name"], m["kind"], ", ".join(m["epm_levels"]) or "-",
-                      ", ".join(map(str, m["gmse_bits"])) or "-", m["from_posterior"] or "-", m["source"])
+                      "; ".join(f"{k} {', '.join(f'{v:g}' for v in vs)}" for k, vs in m["gmse_at"].items() if vs) or "-",
+                      m["from_posterior"] or "-", m["source"])
     console.print(table if result["methods"] else "no imported methods")
     if result["literature_enabled"]:
         lit = Table(title="literature (default population priors; log-normal, 90% interval)", title_justify="left")
@@ -562,7 +564,8 @@ def priors_show(
         print(f"  {lv['level']}: {lv['describe']}, 5/50/95% {q[0]:.3f} / {q[1]:.3f} / {q[2]:.3f} ({lv['source']})")
     for g in result["gmse"]:
         q = g["epm_on_curve_prior_5_50_95"]
-        print(f"  {g['bits']} bits: GMSE {g['gmse']:.4g} +- {g['se']:.1g} (MC, {g['relative_se']:.2%}); on the curve's "
+        at = f"{g['bits']} bits" if "bits" in g else f"sparsity {g['sparsity']:g}"
+        print(f"  {at}: GMSE {g['gmse']:.4g} +- {g['se']:.1g} (MC, {g['relative_se']:.2%}); on the curve's "
               f"prior EPM 5/50/95% {q[0]:.3f} / {q[1]:.3f} / {q[2]:.3f}")
     if "from_posterior" in result:
         fp = result["from_posterior"]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from bayes_epm.models.quantize import PUBLISHED_QUANTIZERS, QUANTIZERS, STORED_GMSE, gaussian_mse
-from bayes_epm.models.sparsity import PATTERNS, pattern_family
+from bayes_epm.models.sparsity import DEFAULT_SPARSIFIER, STORED_SPARSITY_GMSE, sparsity_handler
 
 N_DRAWS = 1 << 20
 
@@ -39,10 +39,18 @@ def quantizer_gmse(quantizer: str, bits: int, seed: int = 0) -> tuple[float, flo
 
 
 @functools.cache
-def sparsity_gmse(sparsity: float, pattern: str, seed: int = 0) -> tuple[float, float]:
-    """``(GMSE, standard error)`` of magnitude pruning to ``sparsity`` with ``pattern``, as the
-    registered pattern prunes (rows of 1024)."""
-    handler = PATTERNS[pattern_family(pattern)]
+def sparsity_gmse(sparsity: float, pattern: str, sparsifier: str = DEFAULT_SPARSIFIER,
+                  seed: int = 0) -> tuple[float, float]:
+    """``(GMSE, standard error)`` of pruning to ``sparsity`` with ``pattern``, as the registered
+    pattern (magnitude) or a prior file's sparsifier prunes (rows of 1024); a sparsifier whose
+    callable is not importable here uses the GMSE measured when its prior was imported."""
+    stored = STORED_SPARSITY_GMSE.get(sparsifier, {})
+    if round(sparsity, 6) in stored:
+        return stored[round(sparsity, 6)]
+    try:
+        handler = sparsity_handler(pattern, sparsifier)
+    except Exception as err:
+        raise KeyError(f"no GMSE for sparsifier {sparsifier!r} at sparsity {sparsity:g}: {err}") from None
     x = torch.randn(N_DRAWS // 1024, 1024, generator=torch.Generator().manual_seed(seed))
     mask = handler.mask(x, handler.count(x.numel(), sparsity, pattern), pattern)
     err2 = (x * (1 - mask)).pow(2).flatten().double()

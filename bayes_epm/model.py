@@ -39,6 +39,7 @@ import pytensor.tensor as pt
 from bayes_epm.gmse import log_capacity, quantizer_gmse, sparsity_gmse
 from bayes_epm.law import log_loss
 from bayes_epm.models.formats import FULL_BITS, Format
+from bayes_epm.models.sparsity import DEFAULT_SPARSIFIER
 from bayes_epm.priors import LAW, Dist, LevelPrior, PriorSet, level_priors
 
 # the prior of a method level that has no prior of its own and no GMSE to place it on the curve
@@ -58,6 +59,8 @@ def factor_levels(fmt: Format) -> dict[str, str]:
     levels = {}
     if fmt.is_sparse:
         levels["sparsity"] = fmt.pattern if fmt.pattern != "unstructured" else f"s{fmt.sparsity:g}"
+        if fmt.sparsifier != DEFAULT_SPARSIFIER:
+            levels["sparsity"] += f":{fmt.sparsifier}"
     if fmt.w_bits < FULL_BITS:
         levels["weights"] = f"w{fmt.w_bits}:{fmt.quantizer}"
     if fmt.a_bits < FULL_BITS:
@@ -65,11 +68,18 @@ def factor_levels(fmt: Format) -> dict[str, str]:
     return levels
 
 
+def level_method(factor: str, level: str) -> str:
+    """The method of a level: its quantizer (``w4:mxq`` -> ``mxq``) or sparsifier (``s0.5`` -> ``magnitude``)."""
+    if factor == "sparsity":
+        return Format.parse(level).sparsifier
+    return level_quantizer(level)
+
+
 def level_gmse(factor: str, level: str) -> float:
     """GMSE of one factor level (see :mod:`bayes_epm.gmse`)."""
     if factor == "sparsity":
         fmt = Format.parse(level)
-        return sparsity_gmse(fmt.sparsity, fmt.pattern)[0]
+        return sparsity_gmse(fmt.sparsity, fmt.pattern, fmt.sparsifier)[0]
     bits, quantizer = level[1:].split(":")
     return quantizer_gmse(quantizer, int(bits))[0]
 
@@ -302,17 +312,17 @@ def level_priors_in_effect(prior_set: PriorSet, levels: dict[str, list[str]]) ->
     joint = set(prior_set.joint.levels()) if prior_set.joint else set()
     for k, lvs in levels.items():
         for lv in lvs:
-            if (k, lv) in out or (k, lv) in joint or k not in QUANTIZED:
+            if (k, lv) in out or (k, lv) in joint:
                 continue
-            method = prior_set.method(level_quantizer(lv))
-            if method is not None and method.gmse_at(int(lv[1:].split(":")[0])) is None and not _has_gmse(lv):
+            method = prior_set.method(level_method(k, lv))
+            if method is not None and not _has_gmse(k, lv):
                 out[(k, lv)] = LevelPrior(method.name, k, lv, UNPLACED, "default: no prior and no GMSE at this level")
     return out
 
 
-def _has_gmse(level: str) -> bool:
+def _has_gmse(factor: str, level: str) -> bool:
     try:
-        level_gmse("weights", level)
+        level_gmse(factor, level)
     except KeyError:
         return False
     return True

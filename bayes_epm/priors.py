@@ -59,12 +59,17 @@ DISTS = {  # distribution -> its parameters (a distribution of the EPM factor rh
     "normal": ("mu", "sigma"),  # truncated to (0, 1.5] (it must hold >= 99% of its mass there)
     "uniform": ("lower", "upper"),
 }
-KINDS = ("quantizer",)
+KINDS = ("quantizer", "sparsifier")
 BITS = tuple(range(1, 9))
+# where a sparsifier's GMSE is measured and stored on import (any other sparsity is measured when
+# its callable imports, and otherwise takes the stated default prior)
+SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.875, 0.9, 0.95)
 LAW = ("log_A", "log_B", "log_E", "log_alpha", "log_beta")
 LITERATURE_FILE = Path(__file__).parent / "data" / "literature.toml"
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LEVEL_RE = re.compile(r"^(?P<factor>[wa])(?P<bits>\d+)$")
+_SPARSE_LEVEL_RE = re.compile(r"^s(?P<frac>\d*\.?\d+)$")
+_CALLABLE_KEY = {"quantizer": "quantizer", "sparsifier": "sparsifier"}  # [method.X.gmse] key per kind
 
 
 # ------------------------------------------------------------------------------------ distributions
@@ -132,6 +137,14 @@ class Dist:
     @classmethod
     def from_dict(cls, d: dict) -> "Dist":
         return cls(d["dist"], tuple((k, float(d[k])) for k in DISTS[d["dist"]]))
+
+
+def _level_method(factor: str, level: str) -> str:
+    """A level's method without parsing it as a format: ``w4:mxq`` -> mxq, ``s0.5:wanda`` -> wanda,
+    ``s0.5`` or ``2:4`` -> magnitude (as :func:`bayes_epm.model.level_method`, which needs the registry)."""
+    if factor == "sparsity":
+        return level.split(":", 1)[1] if level.startswith("s") and ":" in level else "magnitude"
+    return level.split(":", 1)[1]
 
 
 class _LogitNormal:
@@ -217,21 +230,27 @@ class Method:
     name: str
     kind: str
     callable: str = ""  # "pkg.mod:fn" or "/abs/file.py:fn"; "" when the file gave none
-    gmse: tuple[tuple[int, float, float], ...] = ()  # (bits, GMSE, Monte Carlo standard error)
+    # (where, GMSE, Monte Carlo standard error); where = bits (quantizer) or sparsity (sparsifier)
+    gmse: tuple[tuple[float, float, float], ...] = ()
     source: str = ""
 
-    def gmse_at(self, bits: int) -> tuple[float, float] | None:
-        return next(((g, se) for b, g, se in self.gmse if b == bits), None)
+    @property
+    def at(self) -> str:
+        """What a GMSE row is measured at: ``bits`` or ``sparsity``."""
+        return "bits" if self.kind == "quantizer" else "sparsity"
+
+    def gmse_table(self) -> dict:
+        return {(int(w) if self.kind == "quantizer" else float(w)): (g, se) for w, g, se in self.gmse}
 
     def to_dict(self) -> dict:
         return {"name": self.name, "kind": self.kind, "callable": self.callable,
-                "gmse": [{"bits": b, "gmse": g, "se": se} for b, g, se in self.gmse], "source": self.source}
+                "gmse": [{self.at: w, "gmse": g, "se": se} for w, g, se in self.gmse], "source": self.source}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Method":
+        at = "bits" if d["kind"] == "quantizer" else "sparsity"
         return cls(d["name"], d["kind"], d.get("callable", ""),
-                   tuple((int(r["bits"]), float(r["gmse"]), float(r["se"])) for r in d.get("gmse", [])),
-                   d.get("source", ""))
+                   tuple((r[at], float(r["gmse"]), float(r["se"])) for r in d.get("gmse", [])), d.get("source", ""))
 
 
 @dataclass(frozen=True)
@@ -251,6 +270,9 @@ class JointPrior:
 
     def levels(self) -> list[tuple[str, str]]:
         return [tuple(n.split("/", 1)) for n in self.names[len(LAW):]]
+
+    def methods(self) -> set[str]:
+        return {_level_method(k, lv) for k, lv in self.levels()}
 
     def correlation(self) -> np.ndarray:
         cov = np.asarray(self.cov)
@@ -329,16 +351,24 @@ class PriorSet:
 
     def merge(self, other: "PriorSet", replace: bool = False) -> "PriorSet":
         """This set with ``other``'s methods added; a method already here is an error unless ``replace``."""
-        clash = sorted({m.name for m in other.methods} & {m.name for m in self.methods})
+        replaced = {m.name for m in other.methods}
+        clash = sorted(replaced & {m.name for m in self.methods})
         if clash and not replace:
             raise InvalidInputError(f"the study already has priors for method(s) {', '.join(clash)}; "
                                     "import with --replace to replace them")
-        keep = lambda name: name not in {m.name for m in other.methods}  # noqa: E731
-        joint = other.joint or self.joint
-        if other.joint and self.joint and self.joint.study != other.joint.study and any(
-                keep(lv.split(":")[-1]) for _, lv in self.joint.levels()):
-            raise InvalidInputError(f"the study already has a prior from the posterior of {self.joint.study!r}; "
-                                    f"a second one ({other.joint.study!r}) would double-count the law")
+        old = self.joint
+        if old is not None and old.methods() & replaced:
+            if not old.methods() <= replaced:
+                raise InvalidInputError(f"the prior from the posterior of {old.study!r} covers methods "
+                                        f"{', '.join(sorted(old.methods()))} together; replace them together")
+            old = None
+        joint = other.joint or old
+        if other.joint is not None and old is not None:
+            if other.joint.study != old.study:
+                raise InvalidInputError(f"the study already has a prior from the posterior of {old.study!r}; a "
+                                        f"second one ({other.joint.study!r}) would count the law twice")
+            joint = _posterior_prior_all(old.study, sorted(old.methods() | other.joint.methods()))
+        keep = lambda name: name not in replaced  # noqa: E731
         return PriorSet(methods=tuple(m for m in self.methods if keep(m.name)) + other.methods,
                         levels=tuple(lp for lp in self.levels if keep(lp.method)) + other.levels,
                         joint=joint, literature=self.literature and other.literature,
@@ -368,23 +398,37 @@ def register(prior_set: PriorSet) -> None:
     A method whose callable imports here becomes a trainable quantizer; one whose callable does not
     import (or that has none) is known by name, with its stored GMSE, but cannot be trained here.
     """
-    from bayes_epm.models import quantize
+    from bayes_epm.models import quantize, sparsity
 
     for m in prior_set.methods:
+        if m.kind == "sparsifier":
+            if m.name == sparsity.DEFAULT_SPARSIFIER:
+                continue
+            if m.name in sparsity.METHOD_SPARSIFIERS and sparsity.METHOD_SPARSIFIERS[m.name] != m.callable:
+                raise InvalidInputError(f"sparsifier {m.name!r} is already registered from "
+                                        f"{sparsity.METHOD_SPARSIFIERS[m.name]!r}, not {m.callable!r}")
+            fn = _try_load(m.callable) if m.name not in sparsity.SPARSIFIERS else None
+            sparsity.register_method_sparsifier(m.name, m.callable, fn, m.gmse_table())
+            continue
         if m.name in quantize.QUANTIZERS or m.name in quantize.PUBLISHED_QUANTIZERS:
             if m.callable and quantize.callable_origin(m.name) not in ("", m.callable):
                 raise InvalidInputError(f"quantizer {m.name!r} is already registered from "
                                         f"{quantize.callable_origin(m.name)!r}, not {m.callable!r}")
             if m.gmse:
-                quantize.set_stored_gmse(m.name, {b: (g, se) for b, g, se in m.gmse})
+                quantize.set_stored_gmse(m.name, m.gmse_table())
             continue
-        fn = None
-        if m.callable:
-            try:
-                fn = load_callable(m.callable)
-            except InvalidInputError:
-                fn = None  # known by name and GMSE; training it here says why it cannot
-        quantize.register_method_quantizer(m.name, m.callable, fn, {b: (g, se) for b, g, se in m.gmse})
+        quantize.register_method_quantizer(m.name, m.callable, _try_load(m.callable), m.gmse_table())
+
+
+def _try_load(spec: str):
+    """The callable, or None where it does not import here (known by name and stored GMSE; training
+    it here then says why it cannot)."""
+    if not spec:
+        return None
+    try:
+        return load_callable(spec)
+    except InvalidInputError:
+        return None
 
 
 def load_callable(spec: str, base_dir: str | Path = ".") -> Any:
@@ -418,44 +462,51 @@ def _absolute_callable(spec: str, base_dir: Path) -> str:
     return f"{(base_dir / target).resolve()}:{name}" if target.endswith(".py") else spec
 
 
-def _check_callable(fn, spec: str) -> None:
-    """Call the quantizer once on Gaussian rows: it must return a finite tensor of the same shape."""
+def _check_callable(fn, spec: str, kind: str = "quantizer") -> None:
+    """Call the method once on Gaussian rows: it must return a finite tensor of the same shape (and
+    a sparsifier must prune the fraction asked, to 1%)."""
     import torch
 
     x = torch.randn(4, 1024, generator=torch.Generator().manual_seed(0))
-    for bits in (4,):
-        try:
-            y = fn(x.clone(), bits)
-        except Exception as err:
-            raise InvalidInputError(f"quantizer {spec!r} failed on a (4, 1024) Gaussian tensor at {bits} bits: "
-                                    f"{type(err).__name__}: {err}") from None
-        if not isinstance(y, torch.Tensor) or y.shape != x.shape or not torch.isfinite(y).all():
-            got = f"a tensor of shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
-            raise InvalidInputError(f"quantizer {spec!r} must return a finite tensor of the input's shape "
-                                    f"(4, 1024) at {bits} bits; it returned {got}"
-                                    f"{' with non-finite values' if isinstance(y, torch.Tensor) else ''}")
+    arg, what = (4, "4 bits") if kind == "quantizer" else (0.5, "sparsity 0.5")
+    try:
+        y = fn(x.clone(), arg)
+    except Exception as err:
+        raise InvalidInputError(f"{kind} {spec!r} failed on a (4, 1024) Gaussian tensor at {what}: "
+                                f"{type(err).__name__}: {err}") from None
+    if not isinstance(y, torch.Tensor) or y.shape != x.shape or not torch.isfinite(y).all():
+        got = f"a tensor of shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
+        raise InvalidInputError(f"{kind} {spec!r} must return a finite tensor of the input's shape "
+                                f"(4, 1024) at {what}; it returned {got}"
+                                f"{' with non-finite values' if isinstance(y, torch.Tensor) else ''}")
+    if kind == "sparsifier" and abs(float((y == 0).float().mean()) - 0.5) > 0.01:
+        raise InvalidInputError(f"sparsifier {spec!r} must zero the fraction of entries asked; at sparsity 0.5 "
+                                f"it zeroed {float((y == 0).float().mean()):.3f}")
 
 
-def method_gmse(name: str) -> tuple[tuple[int, float, float], ...]:
-    """GMSE and its Monte Carlo standard error at every bit width the registered quantizer supports.
+def method_gmse(name: str, kind: str = "quantizer", extra: tuple[float, ...] = ()) -> tuple[tuple[float, float, float], ...]:
+    """GMSE and its Monte Carlo standard error where a registered method is measured: every bit
+    width (quantizer), or :data:`SPARSITIES` and ``extra`` (sparsifier).
 
-    A bit width where the quantizer raises, or where its GMSE is >= 1 (worse than outputting zeros,
-    which the capacity curve cannot place), is left out; none left is an error."""
-    from bayes_epm.gmse import quantizer_gmse
+    A point where the method raises, or where its GMSE is >= 1 (worse than outputting zeros, which
+    the capacity curve cannot place), is left out; none left is an error."""
+    from bayes_epm.gmse import quantizer_gmse, sparsity_gmse
 
+    where = BITS if kind == "quantizer" else tuple(sorted(set(SPARSITIES) | set(extra)))
     rows, why = [], []
-    for bits in BITS:
+    for w in where:
+        label = f"{w} bits" if kind == "quantizer" else f"sparsity {w:g}"
         try:
-            g, se = quantizer_gmse(name, bits)
+            g, se = quantizer_gmse(name, w) if kind == "quantizer" else sparsity_gmse(w, "unstructured", name)
         except Exception as err:
-            why.append(f"{bits} bits: {type(err).__name__}: {err}")
+            why.append(f"{label}: {type(err).__name__}: {err}")
             continue
         if not (math.isfinite(g) and 0 < g < 1):
-            why.append(f"{bits} bits: GMSE {g:.3g} (needs 0 < GMSE < 1)")
+            why.append(f"{label}: GMSE {g:.3g} (needs 0 < GMSE < 1)")
             continue
-        rows.append((bits, g, se))
+        rows.append((w, g, se))
     if not rows:
-        raise InvalidInputError(f"quantizer {name!r} could not be placed at any bit width: {'; '.join(why)}")
+        raise InvalidInputError(f"{kind} {name!r} could not be placed anywhere: {'; '.join(why)}")
     return tuple(rows)
 
 
@@ -476,31 +527,39 @@ def load_prior_file(path: str | Path, literature: bool = True) -> PriorSet:
     if unknown or not isinstance(raw.get("method"), dict) or not raw["method"]:
         raise InvalidInputError(f"{path}: a prior file holds [method.NAME] tables only (got "
                                 f"{', '.join(map(repr, unknown)) or 'no method'})")
+    from bayes_epm.models import quantize, sparsity
+
     methods, levels, joints = [], [], []
-    for name, table in raw["method"].items():
-        m, lv, joint = _method(name, table, path)
-        methods.append(m)
-        levels.extend(lv)
-        if joint is not None:
-            joints.append(joint)
-    studies = {j.study for j in joints}
-    if len(studies) > 1:
-        raise InvalidInputError(f"{path}: from_posterior names {len(studies)} studies ({', '.join(sorted(studies))}); "
-                                "the law can come from one previous posterior only")
-    joint = None
-    if joints:
-        joint = _merge_joints(joints)
+    before = set(quantize.METHOD_QUANTIZERS), set(sparsity.METHOD_SPARSIFIERS)
+    try:
+        for name, table in raw["method"].items():
+            m, lv, joint = _method(name, table, path)
+            methods.append(m)
+            levels.extend(lv)
+            if joint is not None:
+                joints.append(joint)
+        studies = {j.study for j in joints}
+        if len(studies) > 1:
+            raise InvalidInputError(f"{path}: from_posterior names {len(studies)} studies "
+                                    f"({', '.join(sorted(studies))}); the law can come from one previous posterior only")
+        joint = _merge_joints(joints) if joints else None
+    except Exception:  # forget what this file's earlier methods registered
+        for name in set(quantize.METHOD_QUANTIZERS) - before[0]:
+            quantize.unregister_method_quantizer(name)
+        for name in set(sparsity.METHOD_SPARSIFIERS) - before[1]:
+            sparsity.unregister_method_sparsifier(name)
+        raise
     return PriorSet(methods=tuple(methods), levels=tuple(levels), joint=joint, literature=literature,
                     imports=((str(path.resolve()), hashlib.sha256(data).hexdigest()),))
 
 
 def _method(name: str, table: Any, path: Path) -> tuple[Method, list[LevelPrior], JointPrior | None]:
-    from bayes_epm.models import quantize
+    from bayes_epm.models import quantize, sparsity
 
     where = f"method.{name}"
     if not _NAME_RE.match(name):
         raise InvalidInputError(f"[{where}]: {name!r} is not a valid method name; it must match "
-                                "[A-Za-z_][A-Za-z0-9_]* (it is written in formats as w4:NAME)")
+                                "[A-Za-z_][A-Za-z0-9_]* (it is written in formats as w4:NAME or s0.5:NAME)")
     if not isinstance(table, dict):
         raise InvalidInputError(f"[{where}] must be a table")
     valid = ("kind", "epm", "gmse", "from_posterior")
@@ -508,39 +567,33 @@ def _method(name: str, table: Any, path: Path) -> tuple[Method, list[LevelPrior]
     if unknown:
         raise InvalidInputError(f"unknown key(s) {', '.join(map(repr, unknown))} in [{where}]; valid: {', '.join(valid)}")
     kind = table.get("kind")
-    if kind == "sparsifier":
-        raise InvalidInputError(f"[{where}] kind = 'sparsifier' is not supported yet: format names have no "
-                                "sparsifier field (only magnitude pruning, unstructured or N:M, is trainable); "
-                                "valid kinds: quantizer")
     if kind not in KINDS:
         raise InvalidInputError(f"[{where}] kind = {kind!r} is not valid; valid: {', '.join(KINDS)}")
     if not any(k in table for k in ("epm", "gmse", "from_posterior")):
         raise InvalidInputError(f"[{where}] gives no prior; add [{where}.epm], [{where}.gmse] or "
                                 f"[{where}.from_posterior]")
-    builtin = name in quantize.QUANTIZERS and not quantize.callable_origin(name) or name in quantize.PUBLISHED_QUANTIZERS
-    levels = []
-    for key, spec in _table(table.get("epm", {}), f"{where}.epm").items():
-        m = _LEVEL_RE.match(key)
-        if m is None or int(m["bits"]) not in BITS:
-            hint = " (w4a4 combines two levels: give w4 and a4)" if re.match(r"^w\d+a\d+$", key) else ""
-            raise InvalidInputError(f"{where}.epm: {key!r} is not a level of a quantizer{hint}; valid: w<bits> "
-                                    "(weights) or a<bits> (activations), bits 1-8")
-        factor = "weights" if m["factor"] == "w" else "activations"
-        levels.append(LevelPrior(name, factor, f"{key}:{name}", parse_dist(spec, f"{where}.epm.{key}"),
-                                 f"file {path.name}"))
+    if kind == "quantizer":
+        builtin = (name in quantize.QUANTIZERS and not quantize.callable_origin(name)) or \
+            name in quantize.PUBLISHED_QUANTIZERS
+    else:
+        builtin = name == sparsity.DEFAULT_SPARSIFIER
+    levels = [_level_prior(name, kind, key, spec, where, path)
+              for key, spec in _table(table.get("epm", {}), f"{where}.epm").items()]
     callable_spec, gmse = "", ()
     if "gmse" in table:
+        key = _CALLABLE_KEY[kind]
         g = _table(table["gmse"], f"{where}.gmse")
-        if set(g) != {"quantizer"} or not isinstance(g["quantizer"], str):
-            raise InvalidInputError(f"[{where}.gmse] takes one key, quantizer = 'package.module:function'; got "
+        if set(g) != {key} or not isinstance(g[key], str):
+            raise InvalidInputError(f"[{where}.gmse] takes one key, {key} = 'package.module:function'; got "
                                     f"{', '.join(sorted(g)) or 'nothing'}")
         if builtin:
-            raise InvalidInputError(f"[{where}.gmse]: {name!r} is a built-in quantizer with its own GMSE; a new "
+            raise InvalidInputError(f"[{where}.gmse]: {name!r} is a built-in {kind} with its own GMSE; a new "
                                     "method needs a new name")
-        fn = load_callable(g["quantizer"], path.parent)
-        _check_callable(fn, g["quantizer"])
-        callable_spec = _absolute_callable(g["quantizer"], path.parent)
-        gmse = _measure(name, callable_spec, fn)
+        fn = load_callable(g[key], path.parent)
+        _check_callable(fn, g[key], kind)
+        callable_spec = _absolute_callable(g[key], path.parent)
+        extra = tuple(float(lp.level.split(":")[0][1:]) for lp in levels) if kind == "sparsifier" else ()
+        gmse = _measure(name, kind, callable_spec, fn, extra)
     joint = None
     if "from_posterior" in table:
         fp = _table(table["from_posterior"], f"{where}.from_posterior")
@@ -555,28 +608,52 @@ def _method(name: str, table: Any, path: Path) -> tuple[Method, list[LevelPrior]
     return Method(name, kind, callable_spec, gmse, f"file {path.name}"), levels, joint
 
 
+def _level_prior(name: str, kind: str, key: str, spec: Any, where: str, path: Path) -> LevelPrior:
+    """One ``[method.X.epm]`` entry: ``w<bits>``/``a<bits>`` of a quantizer, ``s<fraction>`` of a sparsifier."""
+    if kind == "quantizer":
+        m = _LEVEL_RE.match(key)
+        if m is None or int(m["bits"]) not in BITS:
+            hint = " (w4a4 combines two levels: give w4 and a4)" if re.match(r"^w\d+a\d+$", key) else ""
+            raise InvalidInputError(f"{where}.epm: {key!r} is not a level of a quantizer{hint}; valid: w<bits> "
+                                    "(weights) or a<bits> (activations), bits 1-8")
+        factor, level = ("weights" if m["factor"] == "w" else "activations"), f"{key}:{name}"
+    else:
+        m = _SPARSE_LEVEL_RE.match(key)
+        if m is None or not 0.0 < round(float(m["frac"]), 6) < 1.0:
+            dotted = isinstance(spec, dict) and "dist" not in spec
+            hint = ' (TOML reads s0.5 = ... as a dotted key: quote it, "s0.5" = { ... })' if dotted else ""
+            raise InvalidInputError(f"{where}.epm: {key!r} is not a level of a sparsifier{hint}; valid: "
+                                    '"s<fraction>" with 0 < fraction < 1 (unstructured), e.g. "s0.5"')
+        factor, level = "sparsity", f"s{round(float(m['frac']), 6):g}:{name}"
+    return LevelPrior(name, factor, level, parse_dist(spec, f"{where}.epm.{key}"), f"file {path.name}")
+
+
 def _table(value: Any, where: str) -> dict:
     if not isinstance(value, dict):
         raise InvalidInputError(f"[{where}] must be a table")
     return value
 
 
-def _measure(name: str, spec: str, fn) -> tuple[tuple[int, float, float], ...]:
-    """GMSE of a callable quantizer not yet registered: registered for the measurement, and kept
-    registered only if the measurement succeeds (the caller registers the whole set later)."""
-    from bayes_epm.models import quantize
+def _measure(name: str, kind: str, spec: str, fn, extra: tuple[float, ...]) -> tuple[tuple[float, float, float], ...]:
+    """GMSE of a callable method: registered for the measurement, and kept registered only if the
+    measurement succeeds."""
+    from bayes_epm.models import quantize, sparsity
 
-    fresh = name not in quantize.QUANTIZERS
-    if not fresh and quantize.callable_origin(name) != spec:
-        raise InvalidInputError(f"quantizer {name!r} is already registered from "
-                                f"{quantize.callable_origin(name) or 'bayes-epm'!r}, not {spec!r}")
-    if fresh:
-        quantize.register_method_quantizer(name, spec, fn, {})
+    if kind == "quantizer":
+        registered, origin = name in quantize.QUANTIZERS, quantize.callable_origin(name)
+        register, forget = quantize.register_method_quantizer, quantize.unregister_method_quantizer
+    else:
+        registered, origin = name in sparsity.SPARSIFIERS, sparsity.METHOD_SPARSIFIERS.get(name, "")
+        register, forget = sparsity.register_method_sparsifier, sparsity.unregister_method_sparsifier
+    if registered and origin != spec:
+        raise InvalidInputError(f"{kind} {name!r} is already registered from {origin or 'bayes-epm'!r}, not {spec!r}")
+    if not registered:
+        register(name, spec, fn, {})
     try:
-        return method_gmse(name)
+        return method_gmse(name, kind, extra)
     except Exception:
-        if fresh:
-            quantize.unregister_method_quantizer(name)
+        if not registered:
+            forget(name)
         raise
 
 
@@ -595,20 +672,22 @@ def posterior_prior(study_dir: str | Path, method: str) -> JointPrior:
                                 f"({'; '.join(saved.diagnostics.problems())}); a prior from it would be wrong")
     post = saved.idata.posterior
     columns = [np.log(post[v].values.reshape(-1)) for v in ("A", "B", "E", "alpha", "beta")]
+    from bayes_epm.model import level_method
+
     names = list(LAW)
-    for factor in ("weights", "activations"):
+    for factor in ("sparsity", "weights", "activations"):
         coord = f"{factor}_level"
         if coord not in post.coords:
             continue
         for level in map(str, post.coords[coord].values):
-            if level.split(":", 1)[1] == method:
+            if level_method(factor, level) == method:
                 names.append(f"{factor}/{level}")
                 columns.append(post[f"log_rho_{factor}"].sel({coord: level}).values.reshape(-1))
     if len(names) == len(LAW):
-        seen = sorted({str(lv) for f in ("weights", "activations") if f"{f}_level" in post.coords
+        seen = sorted({str(lv) for f in ("sparsity", "weights", "activations") if f"{f}_level" in post.coords
                        for lv in post.coords[f"{f}_level"].values})
         raise InvalidInputError(f"from_posterior: the posterior in {str(where)!r} has no level of method {method!r} "
-                                f"(its quantized levels: {', '.join(seen) or 'none'})")
+                                f"(its levels: {', '.join(seen) or 'none'})")
     x = np.column_stack(columns)
     cov = np.cov(x, rowvar=False)
     try:
@@ -627,9 +706,7 @@ def _merge_joints(joints: list[JointPrior]) -> JointPrior:
     cross-covariances between methods are recomputed from the study once more."""
     if len(joints) == 1:
         return joints[0]
-    first = joints[0]
-    methods = sorted({lv.split(":", 1)[1] for j in joints for _, lv in j.levels()})
-    return _posterior_prior_all(first.study, methods)
+    return _posterior_prior_all(joints[0].study, sorted(set().union(*(j.methods() for j in joints))))
 
 
 def _posterior_prior_all(study: str, methods: list[str]) -> JointPrior:
@@ -658,13 +735,13 @@ def level_priors(prior_set: PriorSet) -> dict[tuple[str, str], LevelPrior]:
 
 # ------------------------------------------------------------------------------------ reports
 def curve_prior_quantiles(gmse: float, F_mu: float, C_mu: float, curve_sigma: float, level_sigma: float,
-                          quantizer_sigma: float, n: int = 20_000, seed: int = 0) -> list[float]:
+                          quantizer_sigma: float, quantized: bool = True, n: int = 20_000, seed: int = 0) -> list[float]:
     """5/50/95% of a level's EPM placed on the capacity curve at ``gmse`` under the curve's prior
-    (before any fit: F, C, the level scatter and the quantizer's scale all drawn from their priors)."""
+    (before any fit: F, C, the level scatter and a quantizer's scale all drawn from their priors)."""
     from bayes_epm.gmse import log_capacity
 
     rng = np.random.default_rng(seed)
-    F = np.exp(rng.normal(F_mu, curve_sigma, n) + rng.normal(0.0, quantizer_sigma, n))
+    F = np.exp(rng.normal(F_mu, curve_sigma, n) + (rng.normal(0.0, quantizer_sigma, n) if quantized else 0.0))
     C = np.exp(rng.normal(C_mu, curve_sigma, n))
     log_rho = log_capacity(math.log(gmse), F, C) + np.abs(rng.normal(0.0, level_sigma, n)) * rng.standard_normal(n)
     return [float(v) for v in np.quantile(np.exp(log_rho), [0.05, 0.5, 0.95])]
@@ -675,9 +752,9 @@ def summary(prior_set: PriorSet) -> dict:
     rows = []
     for m in prior_set.methods:
         levels = [lp.level for lp in prior_set.levels if lp.method == m.name]
-        joint = [lv for _, lv in prior_set.joint.levels() if lv.split(":", 1)[1] == m.name] if prior_set.joint else []
+        joint = [lv for k, lv in prior_set.joint.levels() if _level_method(k, lv) == m.name] if prior_set.joint else []
         rows.append({"name": m.name, "kind": m.kind, "epm_levels": levels,
-                     "gmse_bits": [b for b, _, _ in m.gmse], "callable": m.callable,
+                     "gmse_at": {m.at: [w for w, _, _ in m.gmse]}, "callable": m.callable,
                      "from_posterior": prior_set.joint.study if joint else None, "source": m.source})
     lit = [{"name": e.format, "family": e.family, "epm": e.epm, "interval_90": [e.low, e.high], "source": e.source}
            for e in prior_set.literature_entries()]
@@ -704,9 +781,10 @@ def show(prior_set: PriorSet, name: str, curve: dict[str, float]) -> dict:
             out["levels"].append({"level": lp.level, "factor": lp.factor, "prior": lp.dist.to_dict(),
                                   "describe": lp.dist.describe(), "quantiles_5_50_95": lp.dist.quantiles(),
                                   "source": lp.source})
-    out["gmse"] = [{"bits": b, "gmse": g, "se": se, "relative_se": se / g,
-                    "epm_on_curve_prior_5_50_95": curve_prior_quantiles(g, **curve)} for b, g, se in m.gmse]
-    if prior_set.joint and any(lv.split(":", 1)[1] == name for _, lv in prior_set.joint.levels()):
+    out["gmse"] = [{m.at: w, "gmse": g, "se": se, "relative_se": se / g,
+                    "epm_on_curve_prior_5_50_95": curve_prior_quantiles(g, **curve, quantized=m.kind == "quantizer")}
+                   for w, g, se in m.gmse]
+    if prior_set.joint and name in prior_set.joint.methods():
         j = prior_set.joint
         out["from_posterior"] = {"study": j.study, "n_draws": j.n_draws, "names": list(j.names),
                                  "mean": list(j.mean), "sd": [math.sqrt(j.cov[i][i]) for i in range(len(j.names))],

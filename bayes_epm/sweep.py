@@ -100,11 +100,13 @@ class RayBackend:
 
         from bayes_epm.models.formats import Format
         from bayes_epm.models.quantize import callable_origin
+        from bayes_epm.models.sparsity import METHOD_SPARSIFIERS
 
-        fmt = Format.parse(spec["format"])  # a prior file's quantizer travels as its import path
-        origin = callable_origin(fmt.quantizer) if fmt.is_quantized else ""
+        fmt = Format.parse(spec["format"])  # a prior file's methods travel as their import paths
         train_spec = TrainSpec(params=spec["params"], tokens=spec["tokens"], format=spec["format"],
-                               seed=int(spec.get("seed", 0)), device=self.device, quantizer_callable=origin)
+                               seed=int(spec.get("seed", 0)), device=self.device,
+                               quantizer_callable=callable_origin(fmt.quantizer) if fmt.is_quantized else "",
+                               sparsifier_callable=METHOD_SPARSIFIERS.get(fmt.sparsifier, ""))
         self._pending[submit(train_spec, num_gpus=self.num_gpus, fn=self.fn)] = (run_id, train_spec)
 
     def wait(self) -> list[tuple[int, dict]]:
@@ -167,18 +169,21 @@ def preflight(cfg: StudyConfig) -> LabTruth | None:
     if truth is not None:
         for f in cfg.space.formats:
             true_epm(truth, f)
-    else:  # real training: every quantizer of the space must be trainable in this process
+    else:  # real training: every quantizer and sparsifier of the space must be trainable here
         from bayes_epm.models.formats import Format
         from bayes_epm.models.quantize import QUANTIZERS, callable_origin
+        from bayes_epm.models.sparsity import DEFAULT_SPARSIFIER, METHOD_SPARSIFIERS, SPARSIFIERS
 
-        untrainable = sorted({Format.parse(f).quantizer for f in cfg.space.formats
-                              if Format.parse(f).is_quantized and Format.parse(f).quantizer not in QUANTIZERS})
-        if untrainable:
-            why = "; ".join(f"{q}: " + (f"its callable {callable_origin(q)!r} does not import here"
-                                       if callable_origin(q) else "no trainable quantizer (published runs or a "
-                                       "prior without a callable)") for q in untrainable)
-            raise InvalidInputError(f"backend.kind = 'train' cannot train every format of space.formats ({why}); "
-                                    f"trainable quantizers: {', '.join(sorted(QUANTIZERS))}")
+        fmts = [Format.parse(f) for f in cfg.space.formats]
+        why = [f"quantizer {q}: " + (f"its callable {callable_origin(q)!r} does not import here" if callable_origin(q)
+                                     else "not trainable (published runs only, or a prior without a callable)")
+               for q in sorted({f.quantizer for f in fmts if f.is_quantized and f.quantizer not in QUANTIZERS})]
+        why += [f"sparsifier {sp}: " + (f"its callable {METHOD_SPARSIFIERS[sp]!r} does not import here"
+                                        if METHOD_SPARSIFIERS.get(sp) else "a prior without a callable")
+                for sp in sorted({f.sparsifier for f in fmts if f.is_sparse} - {DEFAULT_SPARSIFIER, *SPARSIFIERS})]
+        if why:
+            raise InvalidInputError(f"backend.kind = 'train' cannot train every format of space.formats "
+                                    f"({'; '.join(why)}); trainable quantizers: {', '.join(sorted(QUANTIZERS))}")
     design, costs = _initial_specs(cfg, truth)
     flops = sum(6 * d["params"] * d["tokens"] * c for d, c in zip(design, costs))
     if flops > cfg.budget.flops:

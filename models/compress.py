@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from bayes_epm.models.formats import FULL_BITS, Format
 from bayes_epm.models.quantize import PUBLISHED_QUANTIZERS, QUANTIZERS, callable_origin
 from bayes_epm.errors import CompressionError
-from bayes_epm.models.sparsity import PATTERNS, SparsitySchedule, attach_masks, pattern_family
+from bayes_epm.models.sparsity import PATTERNS, SparsitySchedule, attach_masks, pattern_family, sparsity_handler
 
 
 class CompressedLinear(nn.Linear):
@@ -61,6 +61,7 @@ def compress_(model: nn.Module, fmt: Format | str) -> list[CompressedLinear]:
     targets = [(parent, name, child) for parent in model.modules()
                for name, child in parent.named_children() if type(child) is nn.Linear]
     if fmt.is_sparse:  # check every layer before touching any, so a failure leaves the model as it was
+        sparsity_handler(fmt.pattern, fmt.sparsifier)  # a sparsifier that cannot be trained here: say so now
         handler = PATTERNS[pattern_family(fmt.pattern)]
         reasons = {name: r for _, name, child in targets
                    if (r := handler.check(child.weight.shape, fmt.pattern)) is not None}
@@ -79,4 +80,4 @@ def sparsity_schedule(layers: list[CompressedLinear], fmt: Format, total_steps: 
     """The pruning schedule of ``layers`` for a run of ``total_steps``, or None if ``fmt`` is not sparse."""
     if not fmt.is_sparse:
         return None
-    return SparsitySchedule(layers, fmt.sparsity, fmt.pattern, total_steps, interval)
+    return SparsitySchedule(layers, fmt.sparsity, fmt.pattern, total_steps, interval, fmt.sparsifier)

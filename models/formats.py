@@ -4,14 +4,17 @@ Grammar of a format name::
 
     dense
     [SPARSITY][-QUANT]          (at least one of the two)
-    SPARSITY := s<fraction>     unstructured, 0 < fraction < 1      e.g. s0.5, s0.875
+    SPARSITY := s<fraction>[:<sparsifier>]   unstructured, 0 < fraction < 1   e.g. s0.5, s0.875, s0.5:wanda
               | <n>:<m>         N:M, n of every m consecutive inputs kept   e.g. 2:4
     QUANT    := w<bits>[a<bits>][:<quantizer>]
                 bits 1-8, or 16 for "not quantized"; quantizer from the registry (default rms)
+    sparsifier: how the pruned weights are chosen, from the registry (default magnitude; a prior
+                file registers new ones, for unstructured sparsity)
 
 Examples: ``s0.5``, ``2:4``, ``w4``, ``w4a4``, ``s0.75-w4a8``, ``2:4-w4:absmax``. Names are
 normalised (``w4a16`` is ``w4``, ``w4:rms`` is ``w4``, ``w16`` is ``dense``) so that
-``Format.parse(name).name`` is the canonical spelling and ``parse(f.name) == f``.
+``Format.parse(name).name`` is the canonical spelling and ``parse(f.name) == f``;
+``s0.5:magnitude`` is ``s0.5``.
 """
 
 from __future__ import annotations
@@ -23,13 +26,13 @@ from typing import Any
 
 from bayes_epm.errors import FormatError
 from bayes_epm.models.quantize import known_quantizers
-from bayes_epm.models.sparsity import PATTERNS, pattern_family
+from bayes_epm.models.sparsity import DEFAULT_SPARSIFIER, PATTERNS, known_sparsifiers, pattern_family
 
 FULL_BITS = 16  # "not quantized"
 VALID_BITS = (1, 2, 3, 4, 5, 6, 7, 8, FULL_BITS)
 DEFAULT_QUANTIZER = "rms"
 
-_SPARSITY_RE = re.compile(r"^s(?P<frac>\d*\.?\d+)$")
+_SPARSITY_RE = re.compile(r"^s(?P<frac>\d*\.?\d+)(?::(?P<sp>[A-Za-z_][A-Za-z0-9_]*))?$")
 _NM_RE = re.compile(r"^(?P<n>\d+):(?P<m>\d+)$")
 _QUANT_RE = re.compile(r"^w(?P<w>\d+)(?:a(?P<a>\d+))?(?::(?P<q>[A-Za-z_][A-Za-z0-9_]*))?$")
 
@@ -39,7 +42,8 @@ def grammar_help() -> str:
     return (
         "valid: 'dense' or [s<fraction>|<n>:<m>][-w<bits>[a<bits>][:<quantizer>]], e.g. s0.5, 2:4, "
         f"w4, w4a4, s0.75-w4a8, 2:4-w4:absmax; bits 1-8 or 16; quantizers: {', '.join(known_quantizers())}; "
-        f"sparsity patterns: {', '.join(sorted(PATTERNS))}"
+        f"sparsity patterns: {', '.join(sorted(PATTERNS))}; sparsifiers (s<fraction>:<name>): "
+        f"{', '.join(known_sparsifiers())}"
     )
 
 
@@ -58,6 +62,9 @@ class Format:
         Bits of weights and of activations (inputs of each linear layer): 1-8, or 16 = not quantized.
     quantizer : str
         Name of a registered quantizer (``rms``, ``absmax``, ...); ignored when nothing is quantized.
+    sparsifier : str
+        How the pruned weights are chosen: ``magnitude`` (default), or a sparsifier a prior file
+        registered (unstructured sparsity only); ignored when nothing is pruned.
     """
 
     sparsity: float = 0.0
@@ -65,6 +72,7 @@ class Format:
     w_bits: int = FULL_BITS
     a_bits: int = FULL_BITS
     quantizer: str = DEFAULT_QUANTIZER
+    sparsifier: str = DEFAULT_SPARSIFIER
 
     def __post_init__(self) -> None:
         for field in ("w_bits", "a_bits"):
@@ -80,6 +88,14 @@ class Format:
         elif self.quantizer not in known_quantizers():
             raise FormatError(f"unknown quantizer {self.quantizer!r}; registered quantizers: "
                               f"{', '.join(known_quantizers())}")
+        if self.sparsity == 0.0:
+            object.__setattr__(self, "sparsifier", DEFAULT_SPARSIFIER)  # irrelevant: nothing pruned
+        elif self.sparsifier not in known_sparsifiers():
+            raise FormatError(f"unknown sparsifier {self.sparsifier!r}; registered sparsifiers: "
+                              f"{', '.join(known_sparsifiers())}")
+        elif self.sparsifier != DEFAULT_SPARSIFIER and self.pattern != "unstructured":
+            raise FormatError(f"sparsifier {self.sparsifier!r} prunes unstructured sparsity only, not "
+                              f"the {self.pattern} pattern")
 
     def _validate_sparsity(self) -> None:
         s = self.sparsity
@@ -125,7 +141,8 @@ class Format:
         parts = []
         if self.is_sparse:
             if self.pattern == "unstructured":
-                parts.append("s" + f"{self.sparsity:.6f}".rstrip("0"))
+                parts.append("s" + f"{self.sparsity:.6f}".rstrip("0")
+                             + (f":{self.sparsifier}" if self.sparsifier != DEFAULT_SPARSIFIER else ""))
             else:
                 parts.append(self.pattern)
         if self.is_quantized:
@@ -157,6 +174,8 @@ class Format:
         kw: dict[str, Any] = {}
         if (m := _SPARSITY_RE.match(parts[0])) is not None:
             kw["sparsity"] = float(m["frac"])
+            if m["sp"] is not None:
+                kw["sparsifier"] = m["sp"]
             if not 0.0 < round(kw["sparsity"], 6) < 1.0:
                 raise FormatError(f"invalid format {name!r}: sparsity {m['frac']} must be strictly "
                                   f"between 0 and 1; {grammar_help()}")
@@ -182,7 +201,7 @@ class Format:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Format":
-        fields = {k: d[k] for k in ("sparsity", "pattern", "w_bits", "a_bits", "quantizer") if k in d}
+        fields = {k: d[k] for k in ("sparsity", "pattern", "w_bits", "a_bits", "quantizer", "sparsifier") if k in d}
         if not fields and "name" in d:
             return cls.parse(d["name"])
         return cls(**fields)

@@ -18,6 +18,11 @@ Schedule (Zhu & Gupta 2017): dense until ``start`` (25% of the steps), then
 ``interval`` steps, and the exact target from ``end`` on.
 
 A new pattern is one subclass of :class:`SparsityPattern` registered with :func:`register_pattern`.
+
+A new *sparsifier* (how to choose the weights, as opposed to the pattern they form) comes from a
+prior file (:mod:`bayes_epm.priors`): a function ``fn(weight, sparsity) -> pruned weight`` whose
+zeros become the mask, on the same schedule, for unstructured sparsity; formats name it
+``s0.5:<name>``. The default, ``magnitude``, is the pruning above.
 """
 
 from __future__ import annotations
@@ -35,6 +40,52 @@ from bayes_epm.errors import CompressionError
 
 PATTERNS: dict[str, "SparsityPattern"] = {}
 _NM_RE = re.compile(r"^\d+:\d+$")
+DEFAULT_SPARSIFIER = "magnitude"
+# Sparsifiers a prior file introduced: name -> the callable's origin. The trainable ones (whose
+# callable imported in this process) are in SPARSIFIERS; the others are known by name only.
+METHOD_SPARSIFIERS: dict[str, str] = {}
+SPARSIFIERS: dict[str, "CallableSparsifier"] = {}
+# GMSE measured when a sparsifier's prior was imported: name -> {sparsity: (GMSE, standard error)}
+STORED_SPARSITY_GMSE: dict[str, dict[float, tuple[float, float]]] = {}
+
+
+def known_sparsifiers() -> list[str]:
+    return sorted({DEFAULT_SPARSIFIER, *METHOD_SPARSIFIERS})
+
+
+def register_method_sparsifier(name: str, origin: str, fn: Callable | None,
+                               gmse: dict[float, tuple[float, float]]) -> None:
+    """Register a sparsifier introduced by a prior file (``fn=None``: known by name, not trainable).
+    The same name from the same origin again is a no-op; from another origin an error."""
+    if name == DEFAULT_SPARSIFIER:
+        raise KeyError(f"sparsifier {name!r} is built in; a new method needs a new name")
+    if name in METHOD_SPARSIFIERS and METHOD_SPARSIFIERS[name] != origin:
+        raise KeyError(f"sparsifier {name!r} is already registered from {METHOD_SPARSIFIERS[name]!r}, not {origin!r}")
+    METHOD_SPARSIFIERS[name] = origin
+    if fn is not None and name not in SPARSIFIERS:
+        SPARSIFIERS[name] = CallableSparsifier(fn)
+    if gmse:
+        STORED_SPARSITY_GMSE[name] = {round(float(k), 6): v for k, v in gmse.items()}
+
+
+def unregister_method_sparsifier(name: str) -> None:
+    METHOD_SPARSIFIERS.pop(name, None)
+    SPARSIFIERS.pop(name, None)
+    STORED_SPARSITY_GMSE.pop(name, None)
+    from bayes_epm.gmse import sparsity_gmse
+
+    sparsity_gmse.cache_clear()
+
+
+def sparsity_handler(pattern: str, sparsifier: str = DEFAULT_SPARSIFIER) -> "SparsityPattern":
+    """What chooses the pruned weights: the pattern's magnitude pruning, or a method's callable."""
+    if sparsifier == DEFAULT_SPARSIFIER:
+        return PATTERNS[pattern_family(pattern)]
+    if sparsifier not in SPARSIFIERS:
+        raise CompressionError(f"sparsifier {sparsifier!r} came from a prior file whose callable "
+                               f"({METHOD_SPARSIFIERS.get(sparsifier) or 'none given'}) is not importable here, "
+                               f"so it cannot be trained; trainable: {', '.join([DEFAULT_SPARSIFIER, *sorted(SPARSIFIERS)])}")
+    return SPARSIFIERS[sparsifier]
 
 
 def register_pattern(name: str) -> Callable[[type["SparsityPattern"]], type["SparsityPattern"]]:
@@ -116,6 +167,20 @@ class NM(SparsityPattern):
         return mask.reshape(out_f, in_f)
 
 
+class CallableSparsifier(SparsityPattern):
+    """Unstructured pruning chosen by a function ``fn(weight, sparsity) -> pruned weight``: its zeros
+    are the mask. Already-pruned weights are zero in what it is given (pruning stays cumulative)."""
+
+    name = "callable"
+
+    def __init__(self, fn: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
+        self.fn = fn
+
+    def mask(self, weight, n_prune, pattern):
+        out = self.fn(weight.detach().clone(), n_prune / weight.numel())
+        return (out != 0).to(weight.dtype)
+
+
 def cubic_sparsity(step: int, total_steps: int, target: float,
                    start_frac: float = 0.25, end_frac: float = 0.75) -> float:
     """Target sparsity at ``step`` (0-based) of ``total_steps`` on the cubic schedule."""
@@ -142,14 +207,16 @@ class SparsitySchedule:
         Number of optimiser steps of the run.
     interval : int, optional
         Steps between mask updates; default ``ceil(total_steps / 100)``.
+    sparsifier : str
+        ``"magnitude"`` (the pattern's own pruning) or a prior file's sparsifier.
     """
 
     def __init__(self, modules: Sequence[nn.Linear], target: float, pattern: str, total_steps: int,
-                 interval: int | None = None) -> None:
+                 interval: int | None = None, sparsifier: str = DEFAULT_SPARSIFIER) -> None:
         self.modules = list(modules)
         self.target = target
         self.pattern = pattern
-        self.handler = PATTERNS[pattern_family(pattern)]
+        self.handler = sparsity_handler(pattern, sparsifier)
         self.total_steps = total_steps
         self.interval = interval or max(1, math.ceil(total_steps / 100))
         self.current = 0.0

@@ -122,3 +122,10 @@ def test_new_method_example():
     assert "w4:mxq: 5/50/95% 0.737 / 0.866 / 0.948  (beta(alpha=24, beta=4))" in out  # the file's beta prior
     assert "GMSE 0.4327 on the capacity curve" in out  # the callable measured, placed on the curve
     assert "| w4:mxq | 0.880 |" in out and "| w4a4:mxq | - | - |" in out and "| hierarchy |" in out
+
+
+def test_prior_gain_benchmark():
+    out = run("benchmarks/design_efficiency.py", "--prior-gain", "--seeds", "1", "--draws", "60", "--tune", "60",
+              "--max-iterations", "1")
+    assert "| w4:mxq prior | median runs |" in out
+    assert all(f"| {arm} |" in out for arm in ("vague", "GMSE", "informative"))

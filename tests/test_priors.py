@@ -15,7 +15,8 @@ import pytest
 
 from bayes_epm.cli import main
 from bayes_epm.errors import InvalidInputError
-from bayes_epm.models import quantize
+from bayes_epm.models import quantize, sparsity
+from bayes_epm.models.sparsity import known_sparsifiers
 from bayes_epm.priors import (LITERATURE, MASS_TOLERANCE, Dist, PriorSet, load_prior_file, parse_dist,
                               posterior_prior, register)
 
@@ -41,16 +42,35 @@ def wrong_shape(x, bits):
 
 def broken(x, bits):
     raise RuntimeError("boom")
+
+def magnitude_copy(w, sparsity):
+    # global magnitude pruning written again: the built-in unstructured sparsity's choice
+    k = round(sparsity * w.numel())
+    out = w.clone().flatten()
+    if k:
+        out[w.abs().flatten().argsort()[:k]] = 0.0
+    return out.reshape(w.shape)
+
+def rowwise(w, sparsity):
+    # per-row magnitude pruning: a different sparsifier, with a larger error than the global one
+    k = round(sparsity * w.shape[1])
+    idx = w.abs().argsort(dim=1)[:, :k]
+    return w.clone().scatter_(1, idx, 0.0)
+
+def prunes_too_little(w, sparsity):
+    return w.clone()
 '''
 
 
 @pytest.fixture(autouse=True)
 def _forget_methods():
     """Each test registers its own methods; none leaks into the next."""
-    before = set(quantize.METHOD_QUANTIZERS)
+    before = set(quantize.METHOD_QUANTIZERS), set(sparsity.METHOD_SPARSIFIERS)
     yield
-    for name in set(quantize.METHOD_QUANTIZERS) - before:
+    for name in set(quantize.METHOD_QUANTIZERS) - before[0]:
         quantize.unregister_method_quantizer(name)
+    for name in set(sparsity.METHOD_SPARSIFIERS) - before[1]:
+        sparsity.unregister_method_sparsifier(name)
 
 
 def _write(tmp_path: Path, text: str, name: str = "prior.toml") -> Path:
@@ -191,8 +211,14 @@ BAD_FILES = {
                          "failed on a"),
     "missing study": ('[method.m]\nkind = "quantizer"\n[method.m.from_posterior]\nstudy = "no/such/study"\n',
                       "no study or fitted posterior"),
-    "sparsifier": ('[method.m]\nkind = "sparsifier"\n[method.m.epm]\nw4 = { dist = "beta", alpha = 2, beta = 2 }\n',
-                   "sparsifier"),
+    "level of another kind": ('[method.m]\nkind = "sparsifier"\n[method.m.epm]\nw4 = { dist = "beta", alpha = 2, beta = 2 }\n',
+                              "'w4' is not a level of a sparsifier"),
+    "dotted key": ('[method.m]\nkind = "sparsifier"\n[method.m.epm]\ns0.5 = { dist = "beta", alpha = 2, beta = 2 }\n',
+                   'quote it, "s0.5" = { ... }'),
+    "sparsifier missing the fraction": ('[method.m]\nkind = "sparsifier"\n[method.m.gmse]\n'
+                                        'sparsifier = "quant.py:prunes_too_little"\n', "must zero the fraction"),
+    "wrong callable key": ('[method.m]\nkind = "sparsifier"\n[method.m.gmse]\nquantizer = "quant.py:rowwise"\n',
+                           "takes one key, sparsifier ="),
     "combined level": ('[method.m]\nkind = "quantizer"\n[method.m.epm]\nw4a4 = { dist = "beta", alpha = 2, beta = 2 }\n',
                        "give w4 and a4"),
     "built-in gmse": ('[method.rms]\nkind = "quantizer"\n[method.rms.gmse]\nquantizer = "quant.py:mxq"\n',
@@ -258,6 +284,7 @@ def test_every_bad_prior_file_is_rejected_with_the_study_untouched(study_dir, tm
         assert message in err and err.count("\n") == 1, (what, err)
         assert _tree_digest(study_dir) == before, what
         assert "m" not in quantize.known_quantizers(), what  # nothing half-registered either
+        assert "m" not in known_sparsifiers(), what
 
 
 def test_import_list_show_and_query_from_the_prior(study_dir, tmp_path, capsys):
@@ -416,3 +443,72 @@ def test_prior_from_a_previous_posterior_keeps_the_correlations(tmp_path):
     sd = np.sqrt(np.diag(want))
     np.testing.assert_allclose(np.corrcoef(got, rowvar=False), want / np.outer(sd, sd), atol=0.05)
     assert np.all(np.abs(got.mean(axis=0) - np.asarray(joint.mean)[[0, 3, 6]]) <= 4 * sd / math.sqrt(8000))
+
+
+# ------------------------------------------------------------------------------------ sparsifiers
+SPARSE = '''
+[method.rowmag]
+kind = "sparsifier"
+[method.rowmag.epm]
+"s0.5" = { dist = "beta", alpha = 16, beta = 4 }
+[method.rowmag.gmse]
+sparsifier = "quant.py:rowwise"
+'''
+
+
+def test_sparsifier_method_gets_formats_gmse_and_trains(tmp_path):
+    """A sparsifier from a prior file: formats s<fraction>:<name>, its GMSE (the same as the built-in
+    pruning for a callable that re-implements it), a level prior, masks from its zeros in training."""
+    import torch
+
+    from bayes_epm.gmse import sparsity_gmse
+    from bayes_epm.model import factor_levels
+    from bayes_epm.models.compress import compress_, sparsity_schedule
+    from bayes_epm.models.formats import Format
+
+    ps = load_prior_file(_write(tmp_path, SPARSE))
+    m = ps.method("rowmag")
+    assert m.kind == "sparsifier" and [lp.level for lp in ps.levels] == ["s0.5:rowmag"]
+    f = Format.parse("s0.5:rowmag-w4")
+    assert f.name == "s0.5:rowmag-w4" and Format.parse(f.name) == f and factor_levels(f)["sparsity"] == "s0.5:rowmag"
+    assert Format.parse("s0.5:magnitude").name == "s0.5"
+    with pytest.raises(InvalidInputError, match="prunes unstructured sparsity only"):
+        Format(sparsity=0.5, pattern="2:4", sparsifier="rowmag")
+    table = m.gmse_table()
+    assert 0.5 in table and table[0.5][0] > sparsity_gmse(0.5, "unstructured")[0]  # per row is worse than global
+
+    same = load_prior_file(_write(tmp_path, '[method.magcopy]\nkind = "sparsifier"\n[method.magcopy.gmse]\n'
+                                            'sparsifier = "quant.py:magnitude_copy"\n', "copy.toml"))
+    for s, g, se in same.method("magcopy").gmse:
+        ref, _ = sparsity_gmse(s, "unstructured")
+        assert abs(g - ref) <= 1e-9 + 1e-6 * ref, s  # the same choice on the same seeded draws
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64))
+    layers = compress_(model, "s0.5:rowmag")
+    schedule = sparsity_schedule(layers, Format.parse("s0.5:rowmag"), total_steps=100)
+    schedule.finalize()
+    zeros_per_row = (model[0].weight_orig * model[0].weight_mask == 0).sum(dim=1)
+    assert schedule.achieved() == 0.5 and bool((zeros_per_row == 32).all())  # the callable's choice: per row
+
+
+def test_sparsifier_prior_in_a_fit(tmp_path):
+    """The level prior of a sparsifier answers a query on it before any run; its other levels are
+    placed by GMSE; runs of one of its levels give a posterior."""
+    from bayes_epm.inference import fit
+    from bayes_epm.model import Priors
+    from bayes_epm.queries import epm, epm_source
+    from bayes_epm.simulate import Truth, simulate_runs
+
+    ps = load_prior_file(_write(tmp_path, SPARSE), literature=False)
+    truth = Truth(epm={"dense": 1.0, "s0.75:rowmag": 0.55})
+    runs = simulate_runs(truth, list(np.geomspace(1e7, 1e9, 4)), [10, 20, 40], list(truth.epm),
+                         np.random.default_rng(0))
+    priors = Priors(methods=ps)
+    idata, diag = fit(runs, draws=1000, tune=600, chains=2, seed=1, priors=priors)
+    assert diag.converged, diag.problems()
+    assert epm_source(idata, "s0.5:rowmag", priors) == "prior"
+    assert epm_source(idata, "s0.875:rowmag", priors) == "hierarchy"
+    got = epm(idata, "s0.75:rowmag", 0.9, priors)
+    assert got["source"] == "posterior" and got["hdi_90"][0] <= 0.55 <= got["hdi_90"][1]
+    prior = epm(idata, "s0.5:rowmag", 0.9, priors)
+    assert abs(prior["mean"] - 0.8) < 0.01  # beta(16, 4)

@@ -41,13 +41,18 @@ def _strict_from_dict(cls: type, d: dict[str, Any], what: str) -> Any:
     return cls(**d)
 
 
-def _register_callable(fmt: str, origin: str) -> None:
+def _register_callables(fmt: str, quantizer: str, sparsifier: str) -> None:
+    """Register a prior file's quantizer (the name after the last ':' of the format) and sparsifier
+    (``s<fraction>:<name>`` in the format's first part) from their import paths."""
     from bayes_epm.models.quantize import QUANTIZERS, register_method_quantizer
+    from bayes_epm.models.sparsity import SPARSIFIERS, register_method_sparsifier
     from bayes_epm.priors import load_callable
 
-    name = fmt.rsplit(":", 1)[-1]
-    if name not in QUANTIZERS:
-        register_method_quantizer(name, origin, load_callable(origin), {})
+    if quantizer and (name := fmt.rsplit(":", 1)[-1]) not in QUANTIZERS:
+        register_method_quantizer(name, quantizer, load_callable(quantizer), {})
+    m = re.match(r"^s[0-9.]+:([A-Za-z_][A-Za-z0-9_]*)(?:-|$)", fmt)
+    if sparsifier and m is not None and m[1] not in SPARSIFIERS:
+        register_method_sparsifier(m[1], sparsifier, load_callable(sparsifier), {})
 
 
 def _positive(name: str, value: Any, integer: bool = False) -> None:
@@ -105,6 +110,7 @@ class TrainSpec:
     device: str = "auto"
     eval_tokens: int = 65_536
     quantizer_callable: str = ""  # a prior file's quantizer ("pkg.mod:fn"), imported where the run trains
+    sparsifier_callable: str = ""  # a prior file's sparsifier, likewise
 
     def __post_init__(self) -> None:
         _positive("params", self.params)
@@ -159,8 +165,9 @@ class TrainSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainSpec":
-        if d.get("quantizer_callable"):  # a Ray worker: make the method's quantizer known (and trainable) here
-            _register_callable(str(d.get("format", "")), d["quantizer_callable"])
+        if d.get("quantizer_callable") or d.get("sparsifier_callable"):  # a Ray worker: make the
+            _register_callables(str(d.get("format", "")), d.get("quantizer_callable", ""),  # methods trainable here
+                                d.get("sparsifier_callable", ""))
         return _strict_from_dict(cls, d, "spec")
 
 
