@@ -40,7 +40,7 @@ from bayes_epm.gmse import log_capacity, quantizer_gmse, sparsity_gmse
 from bayes_epm.law import log_loss
 from bayes_epm.models.formats import FULL_BITS, Format
 from bayes_epm.models.sparsity import DEFAULT_SPARSIFIER
-from bayes_epm.priors import LAW, Dist, LevelPrior, PriorSet, level_priors
+from bayes_epm.priors import LAW, Dist, LevelPrior, PriorSet, _level_method, level_priors
 
 # the prior of a method level that has no prior of its own and no GMSE to place it on the curve
 UNPLACED = Dist("uniform", (("lower", 0.01), ("upper", 1.5)))
@@ -69,10 +69,9 @@ def factor_levels(fmt: Format) -> dict[str, str]:
 
 
 def level_method(factor: str, level: str) -> str:
-    """The method of a level: its quantizer (``w4:mxq`` -> ``mxq``) or sparsifier (``s0.5`` -> ``magnitude``)."""
-    if factor == "sparsity":
-        return Format.parse(level).sparsifier
-    return level_quantizer(level)
+    """The method of a level: its quantizer (``w4:mxq`` -> ``mxq``) or sparsifier (``s0.5:wanda`` ->
+    ``wanda``; ``s0.5``, ``2:4`` -> ``magnitude``)."""
+    return _level_method(factor, level)
 
 
 def level_gmse(factor: str, level: str) -> float:

@@ -53,7 +53,9 @@ def save_fit(out: str | Path, idata: az.InferenceData, runs: pd.DataFrame, diagn
     return out / POSTERIOR
 
 
-def load_fit(path: str | Path) -> SavedFit:
+def load_fit(path: str | Path, register_methods: bool = True) -> SavedFit:
+    """A saved fit. ``register_methods``: make its prior file's methods known in this process (for
+    queries on their formats); a reader of the raw draws (a previous posterior as a prior) passes False."""
     path = Path(path)
     missing = [name for name in (POSTERIOR, RUNS, META) if not (path / name).is_file()]
     if not path.is_dir() or missing:
@@ -62,6 +64,7 @@ def load_fit(path: str | Path) -> SavedFit:
                                 "run `bayes-epm fit RUNS --out DIR` first")
     meta = json.loads((path / META).read_text())
     priors = Priors.from_dict(meta["priors"])
-    register(priors.methods)  # a method's quantizer name must parse before the fit is queried
+    if register_methods:
+        register(priors.methods)  # a method's quantizer name must parse before the fit is queried
     return SavedFit(idata=az.from_netcdf(str(path / POSTERIOR)), runs=pd.read_csv(path / RUNS),
                     diagnostics=Diagnostics(**meta["diagnostics"]), priors=priors, meta=meta)

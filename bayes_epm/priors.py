@@ -63,7 +63,7 @@ KINDS = ("quantizer", "sparsifier")
 BITS = tuple(range(1, 9))
 # where a sparsifier's GMSE is measured and stored on import (any other sparsity is measured when
 # its callable imports, and otherwise takes the stated default prior)
-SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.875, 0.9, 0.95)
+SPARSITIES = tuple(round(0.05 * i, 2) for i in range(1, 20)) + (0.875, 0.9375)
 LAW = ("log_A", "log_B", "log_E", "log_alpha", "log_beta")
 LITERATURE_FILE = Path(__file__).parent / "data" / "literature.toml"
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -395,29 +395,21 @@ LITERATURE: tuple[LiteraturePrior, ...] = load_literature() if LITERATURE_FILE.i
 def register(prior_set: PriorSet) -> None:
     """Make every method of ``prior_set`` usable in format names in this process.
 
-    A method whose callable imports here becomes a trainable quantizer; one whose callable does not
-    import (or that has none) is known by name, with its stored GMSE, but cannot be trained here.
+    A method whose callable imports here becomes a trainable quantizer or sparsifier; one whose
+    callable does not import (or that has none) is known by name, with its stored GMSE, but cannot
+    be trained here. The set registered last wins a name (a method replaced in a study).
     """
     from bayes_epm.models import quantize, sparsity
 
     for m in prior_set.methods:
         if m.kind == "sparsifier":
-            if m.name == sparsity.DEFAULT_SPARSIFIER:
-                continue
-            if m.name in sparsity.METHOD_SPARSIFIERS and sparsity.METHOD_SPARSIFIERS[m.name] != m.callable:
-                raise InvalidInputError(f"sparsifier {m.name!r} is already registered from "
-                                        f"{sparsity.METHOD_SPARSIFIERS[m.name]!r}, not {m.callable!r}")
-            fn = _try_load(m.callable) if m.name not in sparsity.SPARSIFIERS else None
-            sparsity.register_method_sparsifier(m.name, m.callable, fn, m.gmse_table())
-            continue
-        if m.name in quantize.QUANTIZERS or m.name in quantize.PUBLISHED_QUANTIZERS:
-            if m.callable and quantize.callable_origin(m.name) not in ("", m.callable):
-                raise InvalidInputError(f"quantizer {m.name!r} is already registered from "
-                                        f"{quantize.callable_origin(m.name)!r}, not {m.callable!r}")
-            if m.gmse:
-                quantize.set_stored_gmse(m.name, m.gmse_table())
-            continue
-        quantize.register_method_quantizer(m.name, m.callable, _try_load(m.callable), m.gmse_table())
+            if m.name != sparsity.DEFAULT_SPARSIFIER:  # magnitude: level priors only
+                sparsity.register_method_sparsifier(m.name, m.callable, _try_load(m.callable), m.gmse_table())
+        elif m.name in quantize.PUBLISHED_QUANTIZERS or (m.name in quantize.QUANTIZERS
+                                                        and m.name not in quantize.METHOD_QUANTIZERS):
+            continue  # a built-in quantizer with level priors only
+        else:
+            quantize.register_method_quantizer(m.name, m.callable, _try_load(m.callable), m.gmse_table())
 
 
 def _try_load(spec: str):
@@ -484,20 +476,24 @@ def _check_callable(fn, spec: str, kind: str = "quantizer") -> None:
                                 f"it zeroed {float((y == 0).float().mean()):.3f}")
 
 
-def method_gmse(name: str, kind: str = "quantizer", extra: tuple[float, ...] = ()) -> tuple[tuple[float, float, float], ...]:
-    """GMSE and its Monte Carlo standard error where a registered method is measured: every bit
-    width (quantizer), or :data:`SPARSITIES` and ``extra`` (sparsifier).
+def measure_gmse(fn, kind: str = "quantizer", extra: tuple[float, ...] = ()) -> tuple[tuple[float, float, float], ...]:
+    """GMSE and its Monte Carlo standard error of a method's function, measured directly (no
+    registry, no cache): at every bit width (quantizer), or at :data:`SPARSITIES` and ``extra``
+    (sparsifier). What is stored is then the only GMSE the method has, in every process.
 
     A point where the method raises, or where its GMSE is >= 1 (worse than outputting zeros, which
     the capacity curve cannot place), is left out; none left is an error."""
-    from bayes_epm.gmse import quantizer_gmse, sparsity_gmse
+    from bayes_epm.gmse import N_DRAWS, pruning_gmse
+    from bayes_epm.models.quantize import CallableQuantizer, gaussian_mse
+    from bayes_epm.models.sparsity import CallableSparsifier
 
+    method = CallableQuantizer(fn) if kind == "quantizer" else CallableSparsifier(fn)
     where = BITS if kind == "quantizer" else tuple(sorted(set(SPARSITIES) | set(extra)))
     rows, why = [], []
     for w in where:
         label = f"{w} bits" if kind == "quantizer" else f"sparsity {w:g}"
         try:
-            g, se = quantizer_gmse(name, w) if kind == "quantizer" else sparsity_gmse(w, "unstructured", name)
+            g, se = gaussian_mse(method, w, n=N_DRAWS) if kind == "quantizer" else pruning_gmse(method, w)
         except Exception as err:
             why.append(f"{label}: {type(err).__name__}: {err}")
             continue
@@ -506,15 +502,15 @@ def method_gmse(name: str, kind: str = "quantizer", extra: tuple[float, ...] = (
             continue
         rows.append((w, g, se))
     if not rows:
-        raise InvalidInputError(f"{kind} {name!r} could not be placed anywhere: {'; '.join(why)}")
+        raise InvalidInputError(f"the {kind} could not be placed anywhere: {'; '.join(why)}")
     return tuple(rows)
 
 
 # ------------------------------------------------------------------------------------ prior files
 def load_prior_file(path: str | Path, literature: bool = True) -> PriorSet:
     """Read, check and resolve a prior file: callables imported and measured, previous posteriors
-    summarised. Raises :class:`InvalidInputError` on the first problem; registers nothing new in
-    this process unless the whole file is valid."""
+    summarised. Raises :class:`InvalidInputError` on the first problem. Registers nothing: the
+    caller registers the set (:func:`register`) once it is accepted."""
     path = Path(path)
     if not path.is_file():
         raise InvalidInputError(f"no prior file at {str(path)!r}")
@@ -527,28 +523,18 @@ def load_prior_file(path: str | Path, literature: bool = True) -> PriorSet:
     if unknown or not isinstance(raw.get("method"), dict) or not raw["method"]:
         raise InvalidInputError(f"{path}: a prior file holds [method.NAME] tables only (got "
                                 f"{', '.join(map(repr, unknown)) or 'no method'})")
-    from bayes_epm.models import quantize, sparsity
-
     methods, levels, joints = [], [], []
-    before = set(quantize.METHOD_QUANTIZERS), set(sparsity.METHOD_SPARSIFIERS)
-    try:
-        for name, table in raw["method"].items():
-            m, lv, joint = _method(name, table, path)
-            methods.append(m)
-            levels.extend(lv)
-            if joint is not None:
-                joints.append(joint)
-        studies = {j.study for j in joints}
-        if len(studies) > 1:
-            raise InvalidInputError(f"{path}: from_posterior names {len(studies)} studies "
-                                    f"({', '.join(sorted(studies))}); the law can come from one previous posterior only")
-        joint = _merge_joints(joints) if joints else None
-    except Exception:  # forget what this file's earlier methods registered
-        for name in set(quantize.METHOD_QUANTIZERS) - before[0]:
-            quantize.unregister_method_quantizer(name)
-        for name in set(sparsity.METHOD_SPARSIFIERS) - before[1]:
-            sparsity.unregister_method_sparsifier(name)
-        raise
+    for name, table in raw["method"].items():
+        m, lv, joint = _method(name, table, path)
+        methods.append(m)
+        levels.extend(lv)
+        if joint is not None:
+            joints.append(joint)
+    studies = {j.study for j in joints}
+    if len(studies) > 1:
+        raise InvalidInputError(f"{path}: from_posterior names {len(studies)} studies "
+                                f"({', '.join(sorted(studies))}); the law can come from one previous posterior only")
+    joint = _merge_joints(joints) if joints else None
     return PriorSet(methods=tuple(methods), levels=tuple(levels), joint=joint, literature=literature,
                     imports=((str(path.resolve()), hashlib.sha256(data).hexdigest()),))
 
@@ -579,6 +565,10 @@ def _method(name: str, table: Any, path: Path) -> tuple[Method, list[LevelPrior]
         builtin = name == sparsity.DEFAULT_SPARSIFIER
     levels = [_level_prior(name, kind, key, spec, where, path)
               for key, spec in _table(table.get("epm", {}), f"{where}.epm").items()]
+    seen = [lp.level for lp in levels]
+    twice = sorted({lv for lv in seen if seen.count(lv) > 1})
+    if twice:
+        raise InvalidInputError(f"[{where}.epm] gives level(s) {', '.join(twice)} more than one prior")
     callable_spec, gmse = "", ()
     if "gmse" in table:
         key = _CALLABLE_KEY[kind]
@@ -593,7 +583,7 @@ def _method(name: str, table: Any, path: Path) -> tuple[Method, list[LevelPrior]
         _check_callable(fn, g[key], kind)
         callable_spec = _absolute_callable(g[key], path.parent)
         extra = tuple(float(lp.level.split(":")[0][1:]) for lp in levels) if kind == "sparsifier" else ()
-        gmse = _measure(name, kind, callable_spec, fn, extra)
+        gmse = measure_gmse(fn, kind, extra)
     joint = None
     if "from_posterior" in table:
         fp = _table(table["from_posterior"], f"{where}.from_posterior")
@@ -616,7 +606,14 @@ def _level_prior(name: str, kind: str, key: str, spec: Any, where: str, path: Pa
             hint = " (w4a4 combines two levels: give w4 and a4)" if re.match(r"^w\d+a\d+$", key) else ""
             raise InvalidInputError(f"{where}.epm: {key!r} is not a level of a quantizer{hint}; valid: w<bits> "
                                     "(weights) or a<bits> (activations), bits 1-8")
-        factor, level = ("weights" if m["factor"] == "w" else "activations"), f"{key}:{name}"
+        factor, level = ("weights" if m["factor"] == "w" else "activations"), f"{m['factor']}{int(m['bits'])}:{name}"
+    elif name == "magnitude" and re.match(r"^\d+:\d+$", key):  # a prior on the built-in N:M pruning
+        from bayes_epm.models.formats import Format
+
+        try:
+            factor, level = "sparsity", Format.parse(key).pattern
+        except InvalidInputError as err:
+            raise InvalidInputError(f"{where}.epm: {err}") from None
     else:
         m = _SPARSE_LEVEL_RE.match(key)
         if m is None or not 0.0 < round(float(m["frac"]), 6) < 1.0:
@@ -624,7 +621,8 @@ def _level_prior(name: str, kind: str, key: str, spec: Any, where: str, path: Pa
             hint = ' (TOML reads s0.5 = ... as a dotted key: quote it, "s0.5" = { ... })' if dotted else ""
             raise InvalidInputError(f"{where}.epm: {key!r} is not a level of a sparsifier{hint}; valid: "
                                     '"s<fraction>" with 0 < fraction < 1 (unstructured), e.g. "s0.5"')
-        factor, level = "sparsity", f"s{round(float(m['frac']), 6):g}:{name}"
+        suffix = "" if name == "magnitude" else f":{name}"  # the built-in pruning's levels are s0.5, ...
+        factor, level = "sparsity", f"s{round(float(m['frac']), 6):g}{suffix}"
     return LevelPrior(name, factor, level, parse_dist(spec, f"{where}.epm.{key}"), f"file {path.name}")
 
 
@@ -632,29 +630,6 @@ def _table(value: Any, where: str) -> dict:
     if not isinstance(value, dict):
         raise InvalidInputError(f"[{where}] must be a table")
     return value
-
-
-def _measure(name: str, kind: str, spec: str, fn, extra: tuple[float, ...]) -> tuple[tuple[float, float, float], ...]:
-    """GMSE of a callable method: registered for the measurement, and kept registered only if the
-    measurement succeeds."""
-    from bayes_epm.models import quantize, sparsity
-
-    if kind == "quantizer":
-        registered, origin = name in quantize.QUANTIZERS, quantize.callable_origin(name)
-        register, forget = quantize.register_method_quantizer, quantize.unregister_method_quantizer
-    else:
-        registered, origin = name in sparsity.SPARSIFIERS, sparsity.METHOD_SPARSIFIERS.get(name, "")
-        register, forget = sparsity.register_method_sparsifier, sparsity.unregister_method_sparsifier
-    if registered and origin != spec:
-        raise InvalidInputError(f"{kind} {name!r} is already registered from {origin or 'bayes-epm'!r}, not {spec!r}")
-    if not registered:
-        register(name, spec, fn, {})
-    try:
-        return method_gmse(name, kind, extra)
-    except Exception:
-        if not registered:
-            forget(name)
-        raise
 
 
 def posterior_prior(study_dir: str | Path, method: str) -> JointPrior:
@@ -666,21 +641,19 @@ def posterior_prior(study_dir: str | Path, method: str) -> JointPrior:
     where = study_dir / POSTERIOR_DIR if (study_dir / POSTERIOR_DIR).is_dir() else study_dir
     if not where.is_dir():
         raise InvalidInputError(f"from_posterior: no study or fitted posterior at {str(study_dir)!r}")
-    saved = load_fit(where)
+    saved = load_fit(where, register_methods=False)  # the draws only: its methods stay out of this process
     if not saved.diagnostics.converged:
         raise InvalidInputError(f"from_posterior: the posterior in {str(where)!r} is not converged "
                                 f"({'; '.join(saved.diagnostics.problems())}); a prior from it would be wrong")
     post = saved.idata.posterior
     columns = [np.log(post[v].values.reshape(-1)) for v in ("A", "B", "E", "alpha", "beta")]
-    from bayes_epm.model import level_method
-
     names = list(LAW)
     for factor in ("sparsity", "weights", "activations"):
         coord = f"{factor}_level"
         if coord not in post.coords:
             continue
         for level in map(str, post.coords[coord].values):
-            if level_method(factor, level) == method:
+            if _level_method(factor, level) == method:
                 names.append(f"{factor}/{level}")
                 columns.append(post[f"log_rho_{factor}"].sel({coord: level}).values.reshape(-1))
     if len(names) == len(LAW):
@@ -716,7 +689,7 @@ def _posterior_prior_all(study: str, methods: list[str]) -> JointPrior:
     from bayes_epm.store import POSTERIOR_DIR
 
     where = Path(study) / POSTERIOR_DIR if (Path(study) / POSTERIOR_DIR).is_dir() else Path(study)
-    post = load_fit(where).idata.posterior
+    post = load_fit(where, register_methods=False).idata.posterior
     names = list(LAW) + [n for p in parts for n in p.names[len(LAW):]]
     cols = [np.log(post[v].values.reshape(-1)) for v in ("A", "B", "E", "alpha", "beta")]
     for n in names[len(LAW):]:

@@ -22,6 +22,7 @@ from bayes_epm.gmse import log_capacity
 from bayes_epm.law import log_loss
 from bayes_epm.model import QUANTIZED, Priors, factor_levels, level_gmse, level_priors_in_effect, level_quantizer
 from bayes_epm.models.formats import Format
+from bayes_epm.priors import LAW
 
 
 @dataclass(frozen=True)
@@ -63,10 +64,35 @@ def _prior_lognormal(rng: np.random.Generator, mu: float, sigma: float, n: int) 
 
 
 def _fitted_quantizers(idata: az.InferenceData) -> set[str]:
-    """The quantizers of the levels the fit placed on a capacity curve."""
+    """The quantizers of the levels the fit placed on a capacity curve (a fit saved before levels
+    could have priors of their own has every level on it)."""
     post = idata.posterior
-    return {level_quantizer(str(lv)) for k in QUANTIZED if f"{k}_curve_level" in post.coords
-            for lv in post.coords[f"{k}_curve_level"].values}
+    curve = any(f"{k}_curve_level" in post.coords for k in QUANTIZED)
+    coord = "{}_curve_level" if curve else "{}_level"
+    return {level_quantizer(str(lv)) for k in QUANTIZED if coord.format(k) in post.coords
+            for lv in post.coords[coord.format(k)].values}
+
+
+def _run_levels(idata: az.InferenceData) -> set[tuple[str, str]]:
+    """(factor, level) of every level a fitted format (one with runs) uses."""
+    post = idata.posterior
+    fitted = map(str, post.coords["fmt"].values) if "fmt" in post.coords else []
+    return {kv for f in fitted for kv in factor_levels(Format.parse(f)).items()}
+
+
+def _joint_level_draws(idata: az.InferenceData, joint, factor: str, level: str,
+                       rng: np.random.Generator) -> np.ndarray:
+    """log rho of a level of a previous posterior's joint prior that the fit does not hold: its
+    normal conditioned on the fitted law's draws (the law and the level are correlated)."""
+    names = list(joint.names)
+    law = [names.index(n) for n in LAW]
+    i = names.index(f"{factor}/{level}")
+    mean, cov = np.asarray(joint.mean), np.asarray(joint.cov)
+    x = np.column_stack([np.log(_flat(idata, v)) for v in ("A", "B", "E", "alpha", "beta")])
+    gain = np.linalg.solve(cov[np.ix_(law, law)], cov[law, i])  # Sigma_LL^-1 Sigma_Li
+    mu = mean[i] + (x - mean[law]) @ gain
+    var = cov[i, i] - cov[i, law] @ gain
+    return mu + math.sqrt(max(var, 0.0)) * rng.standard_normal(len(mu))
 
 
 def _quantizer_gamma(idata: az.InferenceData, quantizer: str, priors: Priors,
@@ -96,13 +122,21 @@ def epm_draws(idata: az.InferenceData, fmt: str | Format, priors: Priors | None 
     log_rho = np.zeros(n)
     levels = factor_levels(fmt)
     own = level_priors_in_effect(priors.methods, {k: [lv] for k, lv in levels.items()})
+    joint = priors.methods.joint
+    joint_levels = set(joint.levels()) if joint else set()
+    run = _run_levels(idata)
     for factor, level in levels.items():
         coord = f"{factor}_level"
+        if (factor, level) in own and (factor, level) not in run:
+            # a prior of its own and no run: independent of everything else, so the current prior
+            # answers (also for a prior imported or replaced since the fit)
+            log_rho += np.log(own[(factor, level)].dist.scipy().rvs(size=n, random_state=rng))
+            continue
         if coord in post.coords and level in post.coords[coord].values:
             log_rho += _flat(idata, f"log_rho_{factor}", **{coord: level})
             continue
-        if (factor, level) in own:  # a level with a prior of its own that the fit did not hold
-            log_rho += np.log(own[(factor, level)].dist.scipy().rvs(size=n, random_state=rng))
+        if (factor, level) in joint_levels:  # imported since the fit: conditional on the fitted law
+            log_rho += _joint_level_draws(idata, joint, factor, level, rng)
             continue
         if f"F_{factor}" in post:
             F, C, scatter = (_flat(idata, f"{p}_{factor}") for p in ("F", "C", "sigma"))
@@ -134,7 +168,7 @@ def epm_source(idata: az.InferenceData, fmt: str | Format, priors: Priors | None
     own = set(level_priors_in_effect(priors.methods, {k: [lv] for k, lv in levels.items()}))
     if priors.methods.joint:
         own |= set(priors.methods.joint.levels())
-    run = {kv for f in fitted for kv in factor_levels(Format.parse(f)).items()}
+    run = _run_levels(idata)
     if all(kv in own and kv not in run for kv in levels.items()):
         return "prior"
     return "hierarchy"

@@ -6,7 +6,7 @@ A canonical run table has one row per run and the columns
 - ``tokens``: training tokens D (> 0)
 - ``loss``: final loss, finite and > 0
 - ``format``: canonical format name (see :mod:`bayes_epm.models.formats`), or instead the columns
-  ``sparsity``, ``w_bits``, ``a_bits`` and optionally ``pattern``, ``quantizer``; no format at
+  ``sparsity``, ``w_bits``, ``a_bits`` and optionally ``pattern``, ``quantizer``, ``sparsifier``; no format at
   all means dense
 - ``source`` (optional): a label of where the run came from
 
@@ -27,7 +27,7 @@ from bayes_epm.errors import FormatError, InvalidInputError
 from bayes_epm.models.formats import FULL_BITS, Format, grammar_help
 
 REQUIRED = ("params", "tokens", "loss")
-FORMAT_COLUMNS = ("sparsity", "w_bits", "a_bits", "pattern", "quantizer")
+FORMAT_COLUMNS = ("sparsity", "w_bits", "a_bits", "pattern", "quantizer", "sparsifier")
 CANONICAL = ("params", "tokens", "loss", "format", "source")
 MAX_LISTED = 10  # bad rows named in one error message
 
@@ -64,7 +64,7 @@ def _format_of_row(row: dict[str, Any]) -> Format:
 
     return Format(sparsity=float(value("sparsity", 0.0)), pattern=str(value("pattern", "unstructured")),
                   w_bits=value("w_bits", FULL_BITS), a_bits=value("a_bits", FULL_BITS),
-                  quantizer=str(value("quantizer", "rms")))
+                  quantizer=str(value("quantizer", "rms")), sparsifier=str(value("sparsifier", "magnitude")))
 
 
 def _row_problems(row: dict[str, Any]) -> list[str]:

@@ -118,6 +118,9 @@ class Study:
 
     def set_priors(self, prior_set: PriorSet) -> None:
         """Replace the study's prior set (checked by the caller; written atomically)."""
+        if prior_set.joint is not None and Path(prior_set.joint.study).resolve() == self.path.resolve():
+            raise InvalidInputError(f"from_posterior names this study ({str(self.path)!r}): its own posterior as "
+                                    "its prior would count its runs twice; name a previous study")
         register(prior_set)
         _write_priors(self.path, prior_set)
         self.config = load_config(self.path / CONFIG, priors=prior_set)

@@ -101,14 +101,14 @@ def register_method_quantizer(name: str, origin: str, fn: Callable | None,
     activations ``(tokens, in)``); it is wrapped with a straight-through gradient. ``fn=None``
     (its callable does not import here, or there is none) makes the name valid in formats, with
     its stored ``gmse``, without making it trainable. Registering the same name from the same
-    origin again is a no-op; from another origin it is an error.
+    origin again keeps the function and updates the GMSE; from another origin it replaces both.
     """
     if name in PUBLISHED_QUANTIZERS or (name in QUANTIZERS and name not in METHOD_QUANTIZERS):
         raise KeyError(f"quantizer {name!r} is built in; a new method needs a new name")
     if name in METHOD_QUANTIZERS and METHOD_QUANTIZERS[name] != origin:
-        raise KeyError(f"quantizer {name!r} is already registered from {METHOD_QUANTIZERS[name]!r}, not {origin!r}")
+        unregister_method_quantizer(name)  # the prior set registered last wins (a replaced method)
     METHOD_QUANTIZERS[name] = origin
-    if fn is not None and name not in QUANTIZERS:
+    if fn is not None:  # the function just imported (a file edited since is read again)
         quantizer = CallableQuantizer(fn)
         quantizer.name = name
         QUANTIZERS[name] = quantizer
@@ -122,9 +122,6 @@ def unregister_method_quantizer(name: str) -> None:
         del METHOD_QUANTIZERS[name]
         QUANTIZERS.pop(name, None)
         STORED_GMSE.pop(name, None)
-    from bayes_epm.gmse import quantizer_gmse  # cached per name: a later method of this name differs
-
-    quantizer_gmse.cache_clear()
 
 
 def set_stored_gmse(name: str, gmse: dict[int, tuple[float, float]]) -> None:
@@ -167,14 +164,17 @@ def gaussian_optimal_clip(bits: int) -> float:
     return float(res.x) * 2 ** (bits - 1)
 
 
-def gaussian_mse(quantizer: str, bits: int, n: int = 1 << 20, seed: int = 0) -> tuple[float, float]:
-    """Mean squared error of a registered quantizer on standard Gaussian data (GMSE).
+def gaussian_mse(quantizer: "str | Quantizer", bits: int, n: int = 1 << 20, seed: int = 0) -> tuple[float, float]:
+    """Mean squared error of a quantizer (a registered name, or a :class:`Quantizer`) on standard
+    Gaussian data (GMSE).
 
     Returns ``(mse, standard error)`` from ``n`` seeded draws, quantized as 1024-wide rows.
     """
+    q = QUANTIZERS[quantizer] if isinstance(quantizer, str) else quantizer
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n // 1024, 1024, generator=gen)
-    err2 = (QUANTIZERS[quantizer].quantize_rows(x, bits) - x).pow(2).flatten().double()
+    with torch.no_grad():
+        err2 = (q.quantize_rows(x, bits) - x).pow(2).flatten().double()
     return float(err2.mean()), float(err2.std() / math.sqrt(err2.numel()))
 
 

@@ -56,13 +56,14 @@ def known_sparsifiers() -> list[str]:
 def register_method_sparsifier(name: str, origin: str, fn: Callable | None,
                                gmse: dict[float, tuple[float, float]]) -> None:
     """Register a sparsifier introduced by a prior file (``fn=None``: known by name, not trainable).
-    The same name from the same origin again is a no-op; from another origin an error."""
+    The same name from the same origin again keeps the function and updates the GMSE; from another
+    origin it replaces both."""
     if name == DEFAULT_SPARSIFIER:
         raise KeyError(f"sparsifier {name!r} is built in; a new method needs a new name")
     if name in METHOD_SPARSIFIERS and METHOD_SPARSIFIERS[name] != origin:
-        raise KeyError(f"sparsifier {name!r} is already registered from {METHOD_SPARSIFIERS[name]!r}, not {origin!r}")
+        unregister_method_sparsifier(name)  # the prior set registered last wins (a replaced method)
     METHOD_SPARSIFIERS[name] = origin
-    if fn is not None and name not in SPARSIFIERS:
+    if fn is not None:  # the function just imported (a file edited since is read again)
         SPARSIFIERS[name] = CallableSparsifier(fn)
     if gmse:
         STORED_SPARSITY_GMSE[name] = {round(float(k), 6): v for k, v in gmse.items()}
@@ -72,9 +73,6 @@ def unregister_method_sparsifier(name: str) -> None:
     METHOD_SPARSIFIERS.pop(name, None)
     SPARSIFIERS.pop(name, None)
     STORED_SPARSITY_GMSE.pop(name, None)
-    from bayes_epm.gmse import sparsity_gmse
-
-    sparsity_gmse.cache_clear()
 
 
 def sparsity_handler(pattern: str, sparsifier: str = DEFAULT_SPARSIFIER) -> "SparsityPattern":

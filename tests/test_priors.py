@@ -167,9 +167,11 @@ def test_prior_file_with_a_callable_quantizer(tmp_path):
     g = {b: (v, se) for b, v, se in m.gmse}
     assert all(g[b][0] > g[b + 1][0] for b in range(2, 8))  # more bits, less error
     assert all(se / v < 0.01 for v, se in g.values())  # the stated Monte Carlo error is small
-    # registered: usable in formats, trainable, with the measured GMSE
+    # registered (by whoever accepts the set): usable in formats, trainable, with the measured GMSE
     from bayes_epm.models.formats import Format
 
+    assert "mxq" not in quantize.known_quantizers()  # loading a file registers nothing
+    register(ps)
     assert Format.parse("w4a4:mxq").quantizer == "mxq" and "mxq" in quantize.QUANTIZERS
 
 
@@ -226,6 +228,8 @@ BAD_FILES = {
     "unknown key": ('[method.m]\nkind = "quantizer"\nepms = 1\n', "unknown key"),
     "no prior": ('[method.m]\nkind = "quantizer"\n', "gives no prior"),
     "not toml": ('[method.m\n', "not valid TOML"),
+    "a level twice": ('[method.m]\nkind = "sparsifier"\n[method.m.epm]\n"s0.5" = { dist = "beta", alpha = 2, beta = 2 }\n'
+                      '"s0.50" = { dist = "beta", alpha = 3, beta = 2 }\n', "more than one prior"),
 }
 
 
@@ -420,7 +424,10 @@ def test_prior_from_a_previous_posterior_keeps_the_correlations(tmp_path):
     save_fit(tmp_path / "old" / "posterior", idata, runs, diag, priors, {})
     (tmp_path / "old" / "study.toml").write_text("")  # only its posterior/ is read
 
+    quantize.unregister_method_quantizer("mxq")
     joint = posterior_prior(tmp_path / "old", "mxq")
+    assert "mxq" not in quantize.known_quantizers()  # reading the draws registers nothing
+    register(ps)
     assert joint.names == ("log_A", "log_B", "log_E", "log_alpha", "log_beta", "weights/w3:mxq", "weights/w4:mxq")
     post = idata.posterior
     cols = [np.log(post[v].values.ravel()) for v in ("A", "B", "E", "alpha", "beta")]
@@ -443,6 +450,16 @@ def test_prior_from_a_previous_posterior_keeps_the_correlations(tmp_path):
     sd = np.sqrt(np.diag(want))
     np.testing.assert_allclose(np.corrcoef(got, rowvar=False), want / np.outer(sd, sd), atol=0.05)
     assert np.all(np.abs(got.mean(axis=0) - np.asarray(joint.mean)[[0, 3, 6]]) <= 4 * sd / math.sqrt(8000))
+
+    # a fit that predates the joint prior answers for its level from it, conditioned on the fitted law
+    from bayes_epm.queries import epm_draws, epm_source
+
+    old_fit = idata  # holds w4:mxq runs; a dense-only fit does not hold the level at all
+    dense_fit, _ = fit(dense, draws=500, tune=500, chains=2, seed=4, priors=Priors(methods=PriorSet(literature=False)))
+    draws, observed = epm_draws(dense_fit, "w4:mxq", new)
+    assert not observed and epm_source(dense_fit, "w4:mxq", new) == "prior"
+    prev = np.exp(old_fit.posterior["log_rho_weights"].sel(weights_level="w4:mxq").values.ravel())
+    assert abs(np.median(draws) - np.median(prev)) < 0.05 and draws.std() < 1.5 * prev.std() + 0.01
 
 
 # ------------------------------------------------------------------------------------ sparsifiers
@@ -467,6 +484,7 @@ def test_sparsifier_method_gets_formats_gmse_and_trains(tmp_path):
     from bayes_epm.models.formats import Format
 
     ps = load_prior_file(_write(tmp_path, SPARSE))
+    register(ps)
     m = ps.method("rowmag")
     assert m.kind == "sparsifier" and [lp.level for lp in ps.levels] == ["s0.5:rowmag"]
     f = Format.parse("s0.5:rowmag-w4")
@@ -500,6 +518,7 @@ def test_sparsifier_prior_in_a_fit(tmp_path):
     from bayes_epm.simulate import Truth, simulate_runs
 
     ps = load_prior_file(_write(tmp_path, SPARSE), literature=False)
+    register(ps)
     truth = Truth(epm={"dense": 1.0, "s0.75:rowmag": 0.55})
     runs = simulate_runs(truth, list(np.geomspace(1e7, 1e9, 4)), [10, 20, 40], list(truth.epm),
                          np.random.default_rng(0))
@@ -512,3 +531,41 @@ def test_sparsifier_prior_in_a_fit(tmp_path):
     assert got["source"] == "posterior" and got["hdi_90"][0] <= 0.55 <= got["hdi_90"][1]
     prior = epm(idata, "s0.5:rowmag", 0.9, priors)
     assert abs(prior["mean"] - 0.8) < 0.01  # beta(16, 4)
+
+
+def test_level_keys_are_normalised_and_magnitude_priors_replace_the_literature(tmp_path):
+    from bayes_epm.model import Priors, build_model
+    from bayes_epm.simulate import Truth, simulate_runs
+
+    ps = load_prior_file(_write(tmp_path, '[method.m]\nkind = "quantizer"\n[method.m.epm]\n'
+                                          'w04 = { dist = "beta", alpha = 8, beta = 2 }\n'))
+    assert [lp.level for lp in ps.levels] == ["w4:m"]  # the level formats use, not "w04:m"
+    ps = load_prior_file(_write(tmp_path, '[method.magnitude]\nkind = "sparsifier"\n[method.magnitude.epm]\n'
+                                          '"s0.5" = { dist = "beta", alpha = 16, beta = 4 }\n'
+                                          '"2:4" = { dist = "beta", alpha = 12, beta = 6 }\n', "mag.toml"))
+    assert [lp.level for lp in ps.levels] == ["s0.5", "2:4"]  # the built-in pruning's own levels
+    truth = Truth(epm={"dense": 1.0, "s0.5": 0.8})
+    runs = simulate_runs(truth, [1e7, 1e8], [10, 40], list(truth.epm), np.random.default_rng(0))
+    model = build_model(runs, Priors(methods=ps))
+    assert "rho_sparsity_s0_5" in model.named_vars and "rho_sparsity_2_4" in model.named_vars
+    assert "literature" not in model.named_vars  # the user's prior on s0.5 supersedes the table's
+
+
+def test_replacing_a_method_measures_its_new_callable(study_dir, tmp_path, capsys):
+    from bayes_epm.gmse import quantizer_gmse
+
+    main_args = ["priors", "import", str(study_dir)]
+    with pytest.raises(SystemExit) as e:
+        main([*main_args, str(_write(tmp_path, GOOD))])
+    assert e.value.code == 0
+    other = '[method.mxq]\nkind = "quantizer"\n[method.mxq.gmse]\nquantizer = "quant.py:absmax_copy"\n'
+    with pytest.raises(SystemExit) as e:
+        main([*main_args, str(_write(tmp_path, other, "other.toml")), "--replace"])
+    assert e.value.code == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["priors", "show", str(study_dir), "mxq", "--json"])
+    shown = json.loads(capsys.readouterr().out)
+    at4 = next(g for g in shown["gmse"] if g["bits"] == 4)
+    assert abs(at4["gmse"] - quantizer_gmse("absmax", 4)[0]) < 1e-9 and shown["levels"] == []
+    assert shown["callable"].endswith("quant.py:absmax_copy")

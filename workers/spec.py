@@ -44,14 +44,16 @@ def _strict_from_dict(cls: type, d: dict[str, Any], what: str) -> Any:
 def _register_callables(fmt: str, quantizer: str, sparsifier: str) -> None:
     """Register a prior file's quantizer (the name after the last ':' of the format) and sparsifier
     (``s<fraction>:<name>`` in the format's first part) from their import paths."""
-    from bayes_epm.models.quantize import QUANTIZERS, register_method_quantizer
-    from bayes_epm.models.sparsity import SPARSIFIERS, register_method_sparsifier
+    from bayes_epm.models.quantize import QUANTIZERS, callable_origin, register_method_quantizer
+    from bayes_epm.models.sparsity import METHOD_SPARSIFIERS, SPARSIFIERS, register_method_sparsifier
     from bayes_epm.priors import load_callable
 
-    if quantizer and (name := fmt.rsplit(":", 1)[-1]) not in QUANTIZERS:
+    # a reused worker may hold another study's method of the same name: the spec's origin decides
+    name = fmt.rsplit(":", 1)[-1]
+    if quantizer and (name not in QUANTIZERS or callable_origin(name) != quantizer):
         register_method_quantizer(name, quantizer, load_callable(quantizer), {})
     m = re.match(r"^s[0-9.]+:([A-Za-z_][A-Za-z0-9_]*)(?:-|$)", fmt)
-    if sparsifier and m is not None and m[1] not in SPARSIFIERS:
+    if sparsifier and m is not None and (m[1] not in SPARSIFIERS or METHOD_SPARSIFIERS.get(m[1]) != sparsifier):
         register_method_sparsifier(m[1], sparsifier, load_callable(sparsifier), {})
 
 
