@@ -6,7 +6,7 @@ Data: a canonical run table (:mod:`bayes_epm.runs`). The model, for run i in for
     mu_i    = log_loss(log N_i - m_N, log D_i - m_D, log rho_c(i), a_c, b_c, e, alpha, beta)   (law.py)
     log rho_c = sum over factors k of log rho_k[level_k(c)] + delta_c        (log rho_dense = 0)
     log rho_k[l] = C_k log tanh(F_k e^gamma_q(l) log_{1/4} GMSE_l) + sigma_k z_l,   z_l ~ N(0, 1)
-    delta_c = tau z_c,   z_c ~ N(0, 1)
+    delta_c = tau z_c,   z_c ~ N(0, 1)    (formats of two or more factors; 0 for one factor)
     gamma ~ ZeroSumNormal(quantizer_sigma)   (one per quantizer, shared by weights and activations)
 
 Factors k: ``sparsity`` (levels such as ``s0.5``, ``2:4``), ``weights`` (``w4:rms``, ...) and
@@ -23,6 +23,17 @@ says whether factorisation holds on the data. log N and log D are centred on the
 
 Priors (:class:`Priors`, every one overridable) are weakly informative on the scale of the
 problem; those of the curve come from the literature (F 0.41, C 1.39 for Llama on C4).
+``Priors.methods`` (:class:`~bayes_epm.priors.PriorSet`) adds what is known besides the runs:
+
+- a level with a prior of its own (a prior file's ``epm`` table) takes ``log rho_k[l] = log r``,
+  ``r`` from that distribution, in place of the curve; such levels enter the model with or
+  without runs (a method's level is in the hierarchy before it is trained);
+- a previous posterior's joint prior draws ``theta = mu + L z`` (``z ~ N(0, I)``, ``L L' = Sigma``)
+  over log A, log B, log E, log alpha, log beta and its levels' log rho, replacing the independent
+  priors of the law (``a_c = log A - alpha m_N``) and those levels' curve priors;
+- each literature entry whose format is fitted, none of whose levels has a prior of its own, adds
+  ``Normal(log rho_c | log epm, sigma)`` (a ``pm.Potential``: a prior on a derived quantity,
+  multiplied into the hierarchy's).
 """
 
 from __future__ import annotations
@@ -95,7 +106,9 @@ class Priors:
     F_k, C_k: LogNormal around the literature values 0.41 and 1.39, sd 0.5 on the log scale.
     sigma_k (level scatter around the curve): HalfNormal(0.1); tau (interaction): HalfNormal(0.05).
     gamma_q (a quantizer's log-scale on F): ZeroSumNormal(0.3), used when the data hold two or
-    more quantizers (with one, its scale is F_k's).
+    more quantizers on a curve (with one, its scale is F_k's).
+    methods: level priors, a previous posterior's joint prior, the literature table (on by default);
+    see the module docstring and :mod:`bayes_epm.priors`.
     """
 
     exponent_mu: float = math.log(0.35)
