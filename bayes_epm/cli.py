@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 from typing import Annotated, Any, Optional
 
@@ -522,9 +523,10 @@ def priors_list(
         lit = Table(title="literature (default population priors; log-normal, 90% interval)", title_justify="left")
         for col in ("format", "family", "EPM", "90%", "source"):
             lit.add_column(col)
-        for e in result["literature"]:
+        for e in result["literature"]:  # citations short here; `priors show` and --json give them in full
+            cites = re.findall(r"([A-Z][A-Za-z-]+ et al\. \d{4})[^;]*?arXiv (\d{4}\.\d{4,5})", e["source"])
             lit.add_row(e["name"], e["family"], f"{e['epm']:.2f}", f"{e['interval_90'][0]:.2f}-{e['interval_90'][1]:.2f}",
-                        e["source"])
+                        "; ".join(f"{who}, arXiv:{num}" for who, num in cites) or e["source"])
         console.print(lit)
     else:
         console.print("literature table: off ([priors] literature = false)")
