@@ -128,4 +128,4 @@ def test_prior_gain_benchmark():
     out = run("benchmarks/design_efficiency.py", "--prior-gain", "--seeds", "1", "--draws", "60", "--tune", "60",
               "--max-iterations", "1")
     assert "| w4:mxq prior | median runs |" in out
-    assert all(f"| {arm} |" in out for arm in ("vague", "GMSE", "informative"))
+    assert all(f"| {arm} |" in out for arm in ("vague", "GMSE", "rough pilot", "careful pilot", "previous posterior"))

@@ -238,11 +238,13 @@ def _tree_digest(path: Path) -> dict[str, str]:
             for p in sorted(path.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture()
-def study_dir(tmp_path):
-    """A simulated study with a fit (dense, s0.5 and w4a4 runs), made through the sweep."""
+@pytest.fixture(scope="module")
+def _study_template(tmp_path_factory):
+    """A simulated study with a fit (dense, s0.5 and w4a4 runs), made through the sweep's own calls."""
     from bayes_epm.store import Study
     from bayes_epm.sweep import fit_study
+
+    tmp_path = tmp_path_factory.mktemp("template")
 
     (tmp_path / "truth.toml").write_text('[law]\nE = 1.8\nA = 480.0\nB = 2000.0\nalpha = 0.34\nbeta = 0.36\n'
                                          'noise_sd = 0.01\n[epm]\n"s0.5" = 0.8\nw4a4 = 0.75\n')
@@ -275,6 +277,14 @@ chains = 2
             st.record(i, simulate_run(truth, spec, 0, i))
         fit_study(st)
     return study
+
+
+@pytest.fixture()
+def study_dir(_study_template, tmp_path):
+    """A copy of the template study for one test to change."""
+    import shutil
+
+    return Path(shutil.copytree(_study_template, tmp_path / "study"))
 
 
 def test_every_bad_prior_file_is_rejected_with_the_study_untouched(study_dir, tmp_path, capsys):
