@@ -128,10 +128,6 @@ def set_stored_gmse(name: str, gmse: dict[int, tuple[float, float]]) -> None:
     STORED_GMSE[name] = dict(gmse)
 
 
-def trainable(name: str) -> bool:
-    return name in QUANTIZERS
-
-
 def _gaussian_midrise_mse(step: float, bits: int) -> float:
     """MSE of a ``2**bits``-level mid-rise uniform quantizer with ``step`` on N(0, 1), in closed form."""
     n = 2**bits

@@ -17,7 +17,7 @@ from bayes_epm.cli import main
 from bayes_epm.errors import InvalidInputError
 from bayes_epm.models import quantize, sparsity
 from bayes_epm.models.sparsity import known_sparsifiers
-from bayes_epm.priors import (LITERATURE, MASS_TOLERANCE, Dist, PriorSet, load_prior_file, parse_dist,
+from bayes_epm.priors import (LITERATURE, MASS_TOLERANCE, PriorSet, load_prior_file, parse_dist,
                               posterior_prior, register)
 
 # a block-absmax quantizer (blocks of 32 along each row): what a new "MX-like" method looks like
