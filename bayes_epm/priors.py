@@ -367,7 +367,7 @@ class PriorSet:
             if other.joint.study != old.study:
                 raise InvalidInputError(f"the study already has a prior from the posterior of {old.study!r}; a "
                                         f"second one ({other.joint.study!r}) would count the law twice")
-            joint = _posterior_prior_all(old.study, sorted(old.methods() | other.joint.methods()))
+            joint = posterior_prior(old.study, old.methods() | other.joint.methods())
         keep = lambda name: name not in replaced  # noqa: E731
         return PriorSet(methods=tuple(m for m in self.methods if keep(m.name)) + other.methods,
                         levels=tuple(lp for lp in self.levels if keep(lp.method)) + other.levels,
@@ -632,8 +632,9 @@ def _table(value: Any, where: str) -> dict:
     return value
 
 
-def posterior_prior(study_dir: str | Path, method: str) -> JointPrior:
-    """The joint prior (law and ``method``'s levels) from the saved posterior of a study."""
+def posterior_prior(study_dir: str | Path, method: str | set[str]) -> JointPrior:
+    """The joint prior (the law and the levels of ``method``, one name or several) from the saved
+    posterior of a study: one normal, so the cross-covariances between methods are kept too."""
     from bayes_epm.posterior_store import load_fit
     from bayes_epm.store import POSTERIOR_DIR
 
@@ -646,6 +647,7 @@ def posterior_prior(study_dir: str | Path, method: str) -> JointPrior:
         raise InvalidInputError(f"from_posterior: the posterior in {str(where)!r} is not converged "
                                 f"({'; '.join(saved.diagnostics.problems())}); a prior from it would be wrong")
     post = saved.idata.posterior
+    methods = {method} if isinstance(method, str) else set(method)
     columns = [np.log(post[v].values.reshape(-1)) for v in ("A", "B", "E", "alpha", "beta")]
     names = list(LAW)
     for factor in ("sparsity", "weights", "activations"):
@@ -653,13 +655,13 @@ def posterior_prior(study_dir: str | Path, method: str) -> JointPrior:
         if coord not in post.coords:
             continue
         for level in map(str, post.coords[coord].values):
-            if _level_method(factor, level) == method:
+            if _level_method(factor, level) in methods:
                 names.append(f"{factor}/{level}")
                 columns.append(post[f"log_rho_{factor}"].sel({coord: level}).values.reshape(-1))
     if len(names) == len(LAW):
         seen = sorted({str(lv) for f in ("sparsity", "weights", "activations") if f"{f}_level" in post.coords
                        for lv in post.coords[f"{f}_level"].values})
-        raise InvalidInputError(f"from_posterior: the posterior in {str(where)!r} has no level of method {method!r} "
+        raise InvalidInputError(f"from_posterior: the posterior in {str(where)!r} has no level of method(s) {', '.join(sorted(methods))} "
                                 f"(its levels: {', '.join(seen) or 'none'})")
     x = np.column_stack(columns)
     cov = np.cov(x, rowvar=False)
@@ -673,32 +675,10 @@ def posterior_prior(study_dir: str | Path, method: str) -> JointPrior:
 
 
 def _merge_joints(joints: list[JointPrior]) -> JointPrior:
-    """Several methods from one study: one normal over the law and all their levels.
-
-    Each JointPrior was computed from the same draws, so the law block is identical and the
-    cross-covariances between methods are recomputed from the study once more."""
+    """Several methods from one study: one normal over the law and all their levels."""
     if len(joints) == 1:
         return joints[0]
-    return _posterior_prior_all(joints[0].study, sorted(set().union(*(j.methods() for j in joints))))
-
-
-def _posterior_prior_all(study: str, methods: list[str]) -> JointPrior:
-    parts = [posterior_prior(study, m) for m in methods]
-    # recompute with every method's columns together so that their cross-covariance is kept
-    from bayes_epm.posterior_store import load_fit
-    from bayes_epm.store import POSTERIOR_DIR
-
-    where = Path(study) / POSTERIOR_DIR if (Path(study) / POSTERIOR_DIR).is_dir() else Path(study)
-    post = load_fit(where, register_methods=False).idata.posterior
-    names = list(LAW) + [n for p in parts for n in p.names[len(LAW):]]
-    cols = [np.log(post[v].values.reshape(-1)) for v in ("A", "B", "E", "alpha", "beta")]
-    for n in names[len(LAW):]:
-        factor, level = n.split("/", 1)
-        cols.append(post[f"log_rho_{factor}"].sel({f"{factor}_level": level}).values.reshape(-1))
-    x = np.column_stack(cols)
-    cov = np.cov(x, rowvar=False)
-    return JointPrior(parts[0].study, tuple(names), tuple(map(float, x.mean(axis=0))),
-                      tuple(tuple(map(float, r)) for r in cov), int(x.shape[0]), parts[0].source)
+    return posterior_prior(joints[0].study, set().union(*(j.methods() for j in joints)))
 
 
 def level_priors(prior_set: PriorSet) -> dict[tuple[str, str], LevelPrior]:
