@@ -215,22 +215,10 @@ def fit(
 
 
 def _answer(posterior: str, query, text, as_json: bool) -> int:
-    """Load a saved fit, run one query on it, print the result as JSON or as one line of text."""
-    from pathlib import Path
+    """Load a saved fit (or a study's latest), run one query on it, print the result as JSON or as text."""
+    from bayes_epm.posterior_store import open_fit
 
-    from bayes_epm.posterior_store import load_fit
-    from bayes_epm.store import CONFIG, POSTERIOR_DIR
-
-    study_priors = None
-    if (Path(posterior) / CONFIG).is_file():  # a study directory: its latest fit, and its current priors
-        from bayes_epm.store import Study
-
-        with Study.open(posterior) as st:
-            study_priors = st.priors
-        posterior = str(Path(posterior) / POSTERIOR_DIR)
-    saved = load_fit(posterior)
-    if study_priors is not None:  # priors imported since the fit answer for the levels the fit does not hold
-        saved.priors = study_priors
+    saved = open_fit(posterior)
     result = query(saved)
     if as_json:
         _print_json(result)
@@ -288,6 +276,171 @@ def predict(
     return _answer(posterior, lambda saved: run_predict(saved.idata, params, tokens, format, hdi, saved.priors),
                    lambda r: f"loss of {r['format']} at N={params:.3g}, D={tokens:.3g}: "
                              f"{_interval_text(r['loss'])}", as_json)
+
+
+def _formats_arg(formats: list[str] | None) -> list[str] | None:
+    """``--formats a,b --formats c`` -> ``[a, b, c]``; None when not given."""
+    if not formats:
+        return None
+    out = [f.strip() for item in formats for f in item.split(",") if f.strip()]
+    if not out:
+        raise InvalidInputError("--formats is empty; give format names, comma-separated (e.g. w4,w4a4,s0.5)")
+    return out
+
+
+def _regime_options(train_flops: float | None, tokens: float | None, tokens_per_param: float | None) -> dict:
+    given = [n for n, v in (("--train-flops", train_flops), ("--tokens", tokens),
+                            ("--tokens-per-param", tokens_per_param)) if v is not None]
+    if len(given) > 1:
+        raise InvalidInputError(f"give at most one of --train-flops, --tokens and --tokens-per-param, not {' and '.join(given)}")
+    return {"train_flops": train_flops, "tokens": tokens, "tokens_per_param": tokens_per_param}
+
+
+def _diagnostics_warning(result: dict) -> None:
+    diag = result["diagnostics"]
+    if not diag["converged"]:
+        print(f"bayes-epm: warning: the fit did not converge ({'; '.join(diag['problems'])}); "
+              "these odds are not to be trusted", file=sys.stderr)
+
+
+_REGIME_HELP = {
+    "train_flops": "Training compute C: per posterior draw the loss-minimising size (D = C / 6N), capped by the memory.",
+    "tokens": "Train every candidate on D tokens, at the largest size the memory stores.",
+    "tokens_per_param": "Train every candidate on R tokens per parameter, at the largest size the memory stores.",
+}
+
+
+@app.command()
+def recommend(
+    study: Annotated[str, typer.Argument(help="Study directory, or a directory written by `bayes-epm fit`.")],
+    memory_bytes: Annotated[str, typer.Option("--memory-bytes", help="Memory for the stored weights: bytes, or with "
+                                              "a unit (512MB, 4GiB).")],
+    train_flops: Annotated[Optional[float], typer.Option(help=_REGIME_HELP["train_flops"])] = None,
+    tokens: Annotated[Optional[float], typer.Option(help=_REGIME_HELP["tokens"])] = None,
+    tokens_per_param: Annotated[Optional[float], typer.Option(help=_REGIME_HELP["tokens_per_param"])] = None,
+    formats: Annotated[Optional[list[str]], typer.Option("--formats", help="Candidate formats, comma-separated or "
+                                                         "repeated, trained or not (default: dense and every fitted format).")] = None,
+    min_params: Annotated[Optional[float], typer.Option(help="Smallest size considered (default: the study's smallest "
+                                                        "size, or the fit's smallest run).")] = None,
+    hdi: Annotated[float, typer.Option(help="HDI probability.")] = 0.9,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else.")] = False,
+) -> int:
+    """Which format and size give the lowest loss within a memory budget, with the probability that each is best.
+
+    Without --train-flops, --tokens or --tokens-per-param every candidate is compared at unlimited tokens (the capacity
+    limit E + A (N EPM)^-alpha). Stored bits per parameter count the weights, quantization scales and sparsity
+    metadata (README, "Decisions")."""
+    from bayes_epm.decisions import recommend as run_recommend
+
+    regime = _regime_options(train_flops, tokens, tokens_per_param)
+    fmts = _formats_arg(formats)
+
+    def text(r: dict) -> str:
+        b = r["budget"]
+        key = next(k for k in r["recommendations"][0] if k.startswith("params_hdi"))
+        table = Table(title=f"{b['memory_bytes']:.4g} bytes, {b['regime']}; {r['n_draws']} posterior draws",
+                      title_justify="left")
+        for col in ("rank", "format", "params", "tokens", "bits/param", f"loss (mean, {key[11:]}% HDI)", "P(best)",
+                    "notes"):
+            table.add_column(col)
+        for i, x in enumerate(r["recommendations"], 1):
+            lo, hi = x["loss"][f"hdi_{key[11:]}"]
+            params = f"{x['params']:.3g}"
+            if x[key][0] != x[key][1]:
+                params += f" [{x[key][0]:.3g}, {x[key][1]:.3g}]"
+            notes = [] if x["source"] == "posterior" else [f"EPM from the {x['source']} (never trained)"]
+            if b["train_flops"] is not None:
+                notes.append(f"memory binds in {x['memory_bound']:.0%} of draws")
+            if x["extrapolated"]:
+                notes.append("outside the fitted sizes")
+            table.add_row(str(i), x["format"], params, "unlimited" if x["tokens"] is None else f"{x['tokens']:.3g}",
+                          f"{x['bits_per_param']:.3f}", f"{x['loss']['mean']:.4f} [{lo:.4f}, {hi:.4f}]",
+                          f"{x['p_best']:.3f} ± {x['p_best_mcse']:.3f}", "; ".join(notes))
+        console = Console(width=160)
+        with console.capture() as cap:
+            console.print(table)
+            for e in r["excluded"]:
+                console.print(f"does not fit: {e['format']}: {e['reason']}")
+        return cap.get().rstrip()
+
+    def query(saved) -> dict:
+        result = run_recommend(saved, memory_bytes, formats=fmts, min_params=min_params, hdi=hdi, **regime)
+        _diagnostics_warning(result)
+        return result
+
+    return _answer(study, query, text, as_json)
+
+
+@app.command()
+def frontier(
+    study: Annotated[str, typer.Argument(help="Study directory, or a directory written by `bayes-epm fit`.")],
+    train_flops: Annotated[Optional[float], typer.Option(help=_REGIME_HELP["train_flops"])] = None,
+    tokens: Annotated[Optional[float], typer.Option(help=_REGIME_HELP["tokens"])] = None,
+    tokens_per_param: Annotated[Optional[float], typer.Option(help=_REGIME_HELP["tokens_per_param"])] = None,
+    formats: Annotated[Optional[list[str]], typer.Option("--formats", help="Formats, comma-separated or repeated, "
+                                                         "trained or not (default: dense and every fitted format).")] = None,
+    min_bytes: Annotated[Optional[str], typer.Option(help="Smallest memory budget of the curve (default: the smallest "
+                                                     "model in the cheapest format).")] = None,
+    max_bytes: Annotated[Optional[str], typer.Option(help="Largest memory budget of the curve (default: the largest "
+                                                     "fitted run, dense).")] = None,
+    points: Annotated[int, typer.Option(help="Memory budgets on the curve (log-spaced).")] = 24,
+    min_params: Annotated[Optional[float], typer.Option(help="Smallest size considered.")] = None,
+    plot: Annotated[Optional[str], typer.Option(help="Also write the frontier as a PNG to this path.")] = None,
+    hdi: Annotated[float, typer.Option(help="HDI probability.")] = 0.9,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else.")] = False,
+) -> int:
+    """Loss against stored bytes across formats: bits per effective parameter, who wins where, and where fewer bits
+    stop paying."""
+    from bayes_epm.decisions import frontier as run_frontier, parse_bytes
+
+    regime = _regime_options(train_flops, tokens, tokens_per_param)
+    fmts = _formats_arg(formats)
+    budgets = None
+    if min_bytes is not None or max_bytes is not None:
+        if min_bytes is None or max_bytes is None:
+            raise InvalidInputError("give both --min-bytes and --max-bytes, or neither")
+        lo, hi = parse_bytes(min_bytes, "--min-bytes"), parse_bytes(max_bytes, "--max-bytes")
+        if not lo < hi:
+            raise InvalidInputError(f"--min-bytes ({lo:.4g}) must be below --max-bytes ({hi:.4g})")
+        import numpy as np
+
+        budgets = list(np.geomspace(lo, hi, points))
+
+    def text(r: dict) -> str:
+        key = r["hdi"]
+        table = Table(title=f"{r['regime']['description']}; bits per parameter at {r['reference_params']:.3g} "
+                            f"parameters (the largest run)", title_justify="left")
+        for col in ("format", "family", "bits/param", f"EPM (mean, {key[4:]}% HDI)",
+                    f"bits per effective param ({key[4:]}% HDI)", "P(fewest)"):
+            table.add_column(col)
+        for x in r["formats"]:
+            e, b = x["epm"], x["bits_per_effective_param"]
+            table.add_row(x["format"] + ("" if x["observed"] else " (predicted)"), x["family"],
+                          f"{x['bits_per_param']:.3f}", f"{e['mean']:.3f} [{e[key][0]:.3f}, {e[key][1]:.3f}]",
+                          f"{b['mean']:.3f} [{b[key][0]:.3f}, {b[key][1]:.3f}]", f"{x['p_lowest']:.3f}")
+        console = Console(width=160)
+        with console.capture() as cap:
+            console.print(table)
+            for s in r["steps"]:
+                console.print(f"{s['family']}: {s['from']} -> {s['to']}: P(pays) {s['p_pays']:.3f}, {s['verdict']}")
+            for g in r["regions"]:
+                console.print(f"best from {g['from_bytes']:.3g} to {g['to_bytes']:.3g} bytes: {g['format']} "
+                              f"({g['family']}, P(best) >= {g['p_best_min']:.2f})")
+            if plot:
+                console.print(f"plot written to {plot}")
+        return cap.get().rstrip()
+
+    def query(saved) -> dict:
+        result = run_frontier(saved, formats=fmts, budgets=budgets, points=points, min_params=min_params, hdi=hdi,
+                              **regime)
+        _diagnostics_warning(result)
+        if plot:
+            from bayes_epm.plots import plot_frontier
+
+            plot_frontier(result, plot)
+        return result
+
+    return _answer(study, query, text, as_json)
 
 
 sweep_app = typer.Typer(help="Active sweeps: propose, train and refit until the targets' EPMs are pinned down.",

@@ -33,6 +33,7 @@ class SavedFit:
     diagnostics: Diagnostics
     priors: Priors
     meta: dict
+    space_params: tuple[float, float] | None = None  # a study's [space] params range, when opened from one
 
 
 def _atomic(path: Path, write) -> None:
@@ -68,3 +69,20 @@ def load_fit(path: str | Path, register_methods: bool = True) -> SavedFit:
         register(priors.methods)  # a method's quantizer name must parse before the fit is queried
     return SavedFit(idata=az.from_netcdf(str(path / POSTERIOR)), runs=pd.read_csv(path / RUNS),
                     diagnostics=Diagnostics(**meta["diagnostics"]), priors=priors, meta=meta)
+
+
+def open_fit(path: str | Path) -> SavedFit:
+    """The fit a query answers from: a directory written by ``bayes-epm fit``, or a study directory
+    (its latest fit, answered with the study's current priors: a level imported since the fit is
+    answered by its prior; and the study's size range). One code path for the CLI, Python and HTTP."""
+    from bayes_epm.store import CONFIG, Study  # the store imports the config reader: only when needed
+
+    path = Path(path)
+    if not (path / CONFIG).is_file():
+        return load_fit(path)
+    with Study.open(path) as study:
+        priors, space, fit_dir = study.priors, study.config.space.params, study.posterior_dir
+    saved = load_fit(fit_dir)
+    saved.priors = priors
+    saved.space_params = tuple(space)
+    return saved

@@ -6,7 +6,9 @@ posterior; a level never seen is drawn around its factor's capacity curve at its
 (``C_k log tanh(F_k e^gamma_q log_{1/4} GMSE) + sigma_k z``, with the quantizer's posterior
 ``gamma_q`` if it was fitted, else one drawn from its prior); a factor with no data at all takes
 its curve parameters from the prior; and the interaction ``delta ~ N(0, tau)`` is drawn fresh. Every
-random draw is seeded, so a query answers the same way twice.
+random draw is seeded, so a query answers the same way twice. Formats asked about together
+(:func:`compare`, :func:`epm_draws_joint`, the decisions) share the draws of every level they have in
+common, so that draw ``i`` is one consistent world for all of them.
 """
 
 from __future__ import annotations
@@ -95,62 +97,102 @@ def _joint_level_draws(idata: az.InferenceData, joint, factor: str, level: str,
     return mu + math.sqrt(max(var, 0.0)) * rng.standard_normal(len(mu))
 
 
-def _quantizer_gamma(idata: az.InferenceData, quantizer: str, priors: Priors,
-                     rng: np.random.Generator) -> np.ndarray | float:
-    """Draws of a quantizer's log-scale on F: its posterior if fitted (0 when it was the only
-    one: the zero-sum constraint), else a fresh draw from the prior."""
-    post = idata.posterior
-    if "quantizer" in post.coords and quantizer in post.coords["quantizer"].values:
-        return _flat(idata, "gamma", quantizer=quantizer)
-    if quantizer in _fitted_quantizers(idata) and "quantizer" not in post.coords:
-        return 0.0
-    return rng.normal(0.0, priors.quantizer_sigma, _n_draws(idata))
+class _JointDraws:
+    """Posterior-predictive draws of the EPMs of several formats, jointly: every random piece (an
+    unseen level, a quantizer's scale drawn from its prior, a factor's curve drawn from its prior,
+    tau when the fit has none) is drawn once and shared by every format that uses it, so that
+    comparisons and decisions across formats see one consistent world per posterior draw. The
+    interaction delta is each combined format's own and is drawn fresh for each."""
+
+    def __init__(self, idata: az.InferenceData, priors: Priors | None, seed: int) -> None:
+        self.idata, self.priors = idata, priors or Priors()
+        self.post = idata.posterior
+        self.n = _n_draws(idata)
+        self.rng = np.random.default_rng(seed)
+        self.memo: dict[tuple, object] = {}
+        self.run_levels = _run_levels(idata)
+        joint = self.priors.methods.joint
+        self.joint_levels = set(joint.levels()) if joint else set()
+
+    def _once(self, key: tuple, make):
+        if key not in self.memo:
+            self.memo[key] = make()
+        return self.memo[key]
+
+    def _gamma(self, quantizer: str) -> np.ndarray | float:
+        """Draws of a quantizer's log-scale on F: its posterior if fitted (0 when it was the only
+        one: the zero-sum constraint), else a draw from the prior."""
+        post = self.post
+        if "quantizer" in post.coords and quantizer in post.coords["quantizer"].values:
+            return _flat(self.idata, "gamma", quantizer=quantizer)
+        if quantizer in _fitted_quantizers(self.idata) and "quantizer" not in post.coords:
+            return 0.0
+        return self._once(("gamma", quantizer), lambda: self.rng.normal(0.0, self.priors.quantizer_sigma, self.n))
+
+    def _curve(self, factor: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if f"F_{factor}" in self.post:
+            return tuple(_flat(self.idata, f"{p}_{factor}") for p in ("F", "C", "sigma"))
+        p, rng, n = self.priors, self.rng, self.n  # no run of this factor at all: its curve from the prior
+        return self._once(("curve", factor), lambda: (_prior_lognormal(rng, p.F_mu, p.curve_sigma, n),
+                                                      _prior_lognormal(rng, p.C_mu, p.curve_sigma, n),
+                                                      np.abs(rng.normal(0.0, p.level_sigma, n))))
+
+    def _level(self, factor: str, level: str, own: dict) -> np.ndarray:
+        """Draws of log rho of one factor level."""
+        coord = f"{factor}_level"
+        if (factor, level) in own and (factor, level) not in self.run_levels:
+            # a prior of its own and no run: independent of everything else, so the current prior
+            # answers (also for a prior imported or replaced since the fit)
+            dist = own[(factor, level)].dist
+            return self._once(("level", factor, level),
+                              lambda: np.log(dist.scipy().rvs(size=self.n, random_state=self.rng)))
+        if coord in self.post.coords and level in self.post.coords[coord].values:
+            return _flat(self.idata, f"log_rho_{factor}", **{coord: level})
+        if (factor, level) in self.joint_levels:  # imported since the fit: conditional on the fitted law
+            return self._once(("level", factor, level), lambda: _joint_level_draws(
+                self.idata, self.priors.methods.joint, factor, level, self.rng))
+
+        def unseen() -> np.ndarray:
+            F, C, scatter = self._curve(factor)
+            if factor in QUANTIZED:
+                F = F * np.exp(self._gamma(level_quantizer(level)))
+            return log_capacity(math.log(level_gmse(factor, level)), F, C) + scatter * self.rng.standard_normal(self.n)
+
+        return self._once(("level", factor, level), unseen)
+
+    def _tau(self) -> np.ndarray:
+        if "tau" in self.post:
+            return _flat(self.idata, "tau")
+        return self._once(("tau",), lambda: np.abs(self.rng.normal(0.0, self.priors.tau_sigma, self.n)))
+
+    def __call__(self, fmt: str | Format) -> tuple[np.ndarray, bool]:
+        fmt = Format.parse(fmt)
+        if fmt.is_dense:
+            return np.ones(self.n), True
+        if "fmt" in self.post.coords and fmt.name in self.post.coords["fmt"].values:
+            return _flat(self.idata, "epm", fmt=fmt.name), True
+        levels = factor_levels(fmt)
+        own = level_priors_in_effect(self.priors.methods, {k: [lv] for k, lv in levels.items()})
+        log_rho = np.zeros(self.n)
+        for factor, level in levels.items():
+            log_rho = log_rho + self._level(factor, level, own)
+        if len(levels) > 1:  # the interaction of a combined format, its own
+            log_rho = log_rho + self._tau() * self.rng.standard_normal(self.n)
+        return np.exp(log_rho), False
+
+
+def epm_draws_joint(idata: az.InferenceData, formats: list[str | Format], priors: Priors | None = None,
+                    seed: int = 0) -> dict[str, tuple[np.ndarray, bool]]:
+    """``{name: (draws, observed)}`` for several formats, drawn jointly (see :class:`_JointDraws`):
+    draw ``i`` of every format belongs to posterior draw ``i`` and to one draw of every unseen level."""
+    draw = _JointDraws(idata, priors, seed)
+    return {Format.parse(f).name: draw(f) for f in formats}
 
 
 def epm_draws(idata: az.InferenceData, fmt: str | Format, priors: Priors | None = None,
               seed: int = 0) -> tuple[np.ndarray, bool]:
     """Posterior draws of the EPM of ``fmt`` (flattened over chains) and whether it was observed."""
-    fmt = Format.parse(fmt)
-    n = _n_draws(idata)
-    if fmt.is_dense:
-        return np.ones(n), True
-    post = idata.posterior
-    if "fmt" in post.coords and fmt.name in post.coords["fmt"].values:
-        return _flat(idata, "epm", fmt=fmt.name), True
-    priors = priors or Priors()
-    rng = np.random.default_rng(seed)
-    log_rho = np.zeros(n)
-    levels = factor_levels(fmt)
-    own = level_priors_in_effect(priors.methods, {k: [lv] for k, lv in levels.items()})
-    joint = priors.methods.joint
-    joint_levels = set(joint.levels()) if joint else set()
-    run = _run_levels(idata)
-    for factor, level in levels.items():
-        coord = f"{factor}_level"
-        if (factor, level) in own and (factor, level) not in run:
-            # a prior of its own and no run: independent of everything else, so the current prior
-            # answers (also for a prior imported or replaced since the fit)
-            log_rho += np.log(own[(factor, level)].dist.scipy().rvs(size=n, random_state=rng))
-            continue
-        if coord in post.coords and level in post.coords[coord].values:
-            log_rho += _flat(idata, f"log_rho_{factor}", **{coord: level})
-            continue
-        if (factor, level) in joint_levels:  # imported since the fit: conditional on the fitted law
-            log_rho += _joint_level_draws(idata, joint, factor, level, rng)
-            continue
-        if f"F_{factor}" in post:
-            F, C, scatter = (_flat(idata, f"{p}_{factor}") for p in ("F", "C", "sigma"))
-        else:  # no run of this factor at all: its curve comes from the prior
-            F = _prior_lognormal(rng, priors.F_mu, priors.curve_sigma, n)
-            C = _prior_lognormal(rng, priors.C_mu, priors.curve_sigma, n)
-            scatter = np.abs(rng.normal(0.0, priors.level_sigma, n))
-        if factor in QUANTIZED:
-            F = F * np.exp(_quantizer_gamma(idata, level_quantizer(level), priors, rng))
-        log_rho += log_capacity(math.log(level_gmse(factor, level)), F, C) + scatter * rng.standard_normal(n)
-    if len(levels) > 1:  # the interaction of a combined format, drawn fresh
-        tau = _flat(idata, "tau") if "tau" in post else np.abs(rng.normal(0.0, priors.tau_sigma, n))
-        log_rho += tau * rng.standard_normal(n)
-    return np.exp(log_rho), False
+    return _JointDraws(idata, priors, seed)(fmt)
 
 
 def epm_source(idata: az.InferenceData, fmt: str | Format, priors: Priors | None = None) -> str:
@@ -184,8 +226,9 @@ def epm(idata: az.InferenceData, fmt: str | Format, hdi: float = 0.9, priors: Pr
 def compare(idata: az.InferenceData, a: str | Format, b: str | Format, hdi: float = 0.9,
             priors: Priors | None = None) -> dict:
     """P(EPM of ``a`` > EPM of ``b``) and the HDI of the difference ``EPM_a - EPM_b``."""
-    da, obs_a = epm_draws(idata, a, priors, seed=0)
-    db, obs_b = epm_draws(idata, b, priors, seed=1)
+    draws = _JointDraws(idata, priors, seed=0)  # jointly: a and b may share a level never trained
+    da, obs_a = draws(a)
+    db, obs_b = draws(b)
     diff = da - db
     return {"a": Format.parse(a).name, "b": Format.parse(b).name, "p_a_greater": float((diff > 0).mean()),
             "difference": summarize(diff, hdi).to_dict(), "observed": {"a": obs_a, "b": obs_b}}
