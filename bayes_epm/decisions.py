@@ -87,7 +87,8 @@ def parse_bytes(value: str | float, name: str = "memory_bytes") -> float:
         if not m or (unit and unit not in _BYTE_UNITS):
             raise InvalidInputError(f"{name}={value!r} is not valid; give a number of bytes, optionally with a "
                                     "unit: B, kB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (1024)")
-    _positive(number, name)
+    if not (math.isfinite(number) and number > 0):
+        raise InvalidInputError(f"{name}={value!r} is not valid; it must be a finite number of bytes > 0")
     return number
 
 
@@ -248,14 +249,19 @@ class _Choice:
 def _choose(world: _World, fmt: str, cap: float, regime: Regime, min_params: float) -> _Choice:
     n_draws = len(world.law["A"])
     if regime.train_flops is None:
-        params = np.full(n_draws, cap)
+        params = np.full(n_draws, max(cap, min_params))
         tokens = np.full(n_draws, np.inf if regime.unlimited else
                          regime.tokens if regime.tokens is not None else regime.tokens_per_param * cap)
         return _Choice(params, tokens, world.loss(fmt, params, tokens), 1.0)
     best = world.compute_optimal(fmt, regime.train_flops)
-    params = np.clip(best, min_params, cap)
+    params = np.clip(best, min_params, max(cap, min_params))
     tokens = regime.train_flops / (FLOPS_PER_PARAM_TOKEN * params)
     return _Choice(params, tokens, world.loss(fmt, params, tokens), float(np.mean(best > cap)))
+
+
+def _fits(cap: float, floor: float) -> bool:
+    """Whether a format's largest size reaches the smallest considered (up to the bisection's rounding)."""
+    return cap >= floor * (1 - 1e-9)
 
 
 def _min_params(fit, min_params: float | None) -> float:
@@ -331,7 +337,7 @@ def recommend(fit, memory_bytes: float | str, *, tokens: float | None = None, to
     summarize(np.zeros(2), hdi)  # validates hdi before any work
     names = _candidates(fit, formats)
     caps = {f: max_params(f, memory_bytes) for f in names}
-    fits = [f for f in names if caps[f] >= floor]
+    fits = [f for f in names if _fits(caps[f], floor)]
     excluded = [{"format": f, "reason": f"the smallest size considered ({floor:.3g} parameters) needs "
                                         f"{float(storage_bits(f, floor)) / 8:.4g} bytes",
                  "bytes_needed": float(storage_bits(f, floor)) / 8} for f in names if f not in fits]
@@ -456,7 +462,7 @@ def frontier(fit, *, formats: list[str] | None = None, tokens: float | None = No
     curve = []
     for budget in grid:
         caps = {f: max_params(f, budget) for f in names}
-        fitting = [f for f in names if caps[f] >= floor]
+        fitting = [f for f in names if _fits(caps[f], floor)]
         point = {"memory_bytes": float(budget), "formats": {}, "best": None, "envelope": None}
         if fitting:
             choices = {f: _choose(world, f, caps[f], regime, floor) for f in fitting}
