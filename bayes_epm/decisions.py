@@ -422,7 +422,8 @@ def frontier(fit, *, formats: list[str] | None = None, tokens: float | None = No
     - ``formats``: per format, ``bits_per_param`` at ``reference_params`` (the largest fitted run), its
       EPM and ``bits_per_effective_param`` (bits per parameter / EPM: what one dense-equivalent
       parameter costs to store; under a memory budget with tokens fixed the format with the fewest
-      wins at every size), and ``p_lowest``, the probability that it has the fewest.
+      wins at every size), ``p_lowest``, the probability that it has the fewest, and
+      ``p_lowest_in_family``, the same among the formats of its family (weight-only, ...).
     - ``steps``: within each family, from dense down the bit widths: ``p_pays`` = P(the step lowers
       the bits per effective parameter) and a verdict (pays at >= 0.9, stops paying at <= 0.1).
     - ``curve``: per memory budget, each fitting format's size and loss, the probability that each is
@@ -457,6 +458,11 @@ def frontier(fit, *, formats: list[str] | None = None, tokens: float | None = No
     lowest = np.argmin(np.column_stack([bpe[f] for f in names]), axis=1)
     for j, r in enumerate(rows):
         r["p_lowest"] = float(np.mean(lowest == j))
+    for fam in {r["family"] for r in rows}:
+        members = [r for r in rows if r["family"] == fam]
+        in_family = np.argmin(np.column_stack([bpe[r["format"]] for r in members]), axis=1)
+        for j, r in enumerate(members):
+            r["p_lowest_in_family"] = float(np.mean(in_family == j))
     rows.sort(key=lambda r: -r["bits_per_param"])
 
     curve = []

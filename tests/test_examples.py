@@ -52,6 +52,14 @@ def test_published_fits_example():
     assert "0.793" in out  # the authors' s0.5 EPM, converted to dense parameters
 
 
+def test_quest_frontier_example(tmp_path):
+    out = run("examples/quest_frontier.py", "--draws", "100", "--tune", "100", "--chains", "2", "--out", str(tmp_path))
+    assert "| w4a4:hadamard_trust | weights+activations | 4.02 |" in out and "| 5.78 |" in out
+    assert "w8a8:half_hadamard_trust -> w4a4:half_hadamard_trust: P(pays)" in out
+    assert "the authors' optimum: 4 bits" in out and "who wins where" in out
+    assert (tmp_path / "frontier.png").stat().st_size > 20_000 and (tmp_path / "posterior.nc").is_file()
+
+
 def test_fit_speed_benchmark():
     out = run("benchmarks/fit_speed.py", "--resamples", "4", "--grid-step", "4", "--draws", "60", "--tune", "60",
               "--chains", "2", "--workers", "1")
