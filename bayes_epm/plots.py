@@ -50,7 +50,8 @@ def plot_frontier(result: dict, path: str | Path) -> Path:
     ax.set_xlabel("stored bytes (non-embedding weights)")
     ax.set_ylabel("predicted loss")
     ax.set_title(f"loss against memory; {result['regime']['description'].split(' (')[0]}", fontsize=9)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=2 if len(by_format) > 8 else 1, loc="upper left", bbox_to_anchor=(0.0, -0.2),
+              frameon=False)
 
     rows = result["formats"]
     for i, r in enumerate(rows):
@@ -65,6 +66,6 @@ def plot_frontier(result: dict, path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # the legend sits below the axes
     plt.close(fig)
     return path
