@@ -187,6 +187,10 @@ def test_sweep_stops_at_target(cfg_dir, tmp_path, capsys):
     # the query commands accept the study directory
     assert _cli(["epm", str(tmp_path / "s"), "--format", "s0.5", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["observed"] is True
+    assert _cli(["recommend", str(tmp_path / "s"), "--memory-bytes", "1GB", "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["budget"]["min_params"] == 1e7  # the study's smallest size
+    assert {r["format"] for r in rec["recommendations"]} == {"dense", "s0.5", "w4a4", "s0.5-w4a4"}
 
 
 def test_sweep_stops_at_budget_and_never_overspends(cfg_dir, tmp_path, capsys):
