@@ -443,6 +443,46 @@ def frontier(
     return _answer(study, query, text, as_json)
 
 
+@app.command()
+def report(
+    study: Annotated[str, typer.Argument(help="Study directory.")],
+    out: Annotated[Optional[str], typer.Option(help="Output directory (default: STUDY/report).")] = None,
+) -> int:
+    """Write the study's report: PNG figures (loss against N with posterior bands, EPMs, the order of the runs,
+    rank and trace plots, the memory frontier) and report.html."""
+    from bayes_epm.report import write_report
+    from bayes_epm.store import Study
+
+    Study.open(study).close()  # a clear error for a directory that is no study
+    with Console(stderr=True).status("drawing the report"):
+        path = write_report(study, out)
+    print(f"report written to {path}")
+    return 0
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind; any other than loopback needs a bearer token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    studies: Annotated[str, typer.Option(help="Directory whose subdirectories are the studies served.")] = "studies",
+    token_file: Annotated[Optional[str], typer.Option(help="File whose first line is the bearer token (else the "
+                                                      "environment variable BAYES_EPM_TOKEN).")] = None,
+) -> int:
+    """Serve the studies over HTTP (FastAPI; OpenAPI schema at /docs and /openapi.json) until interrupted."""
+    from bayes_epm.service import check_token, read_token, serve as run_server
+
+    if not 0 < port < 65536:
+        raise InvalidInputError(f"--port {port} is not valid; it must be in 1-65535")
+    token = read_token(token_file, dict(os.environ))
+    check_token(host, token)
+    from pathlib import Path
+
+    if not Path(studies).is_dir():
+        raise InvalidInputError(f"--studies {studies!r} is not a directory")
+    run_server(studies, host=host, port=port, token=token)
+    return 0
+
+
 sweep_app = typer.Typer(help="Active sweeps: propose, train and refit until the targets' EPMs are pinned down.",
                         no_args_is_help=True)
 runs_app = typer.Typer(help="A study's runs: import runs trained elsewhere, export the study's runs.",
@@ -630,10 +670,8 @@ def priors_import(
     from bayes_epm.store import Study
 
     with Study.open(study) as st:
-        current = st.config.priors
-        new = load_prior_file(file, literature=current.literature)
-        merged = current.merge(new, replace=replace)
-        st.set_priors(merged)
+        new = load_prior_file(file, literature=st.config.priors.literature)
+        st.import_priors(new, replace=replace)
     result = {"imported": summary(new)["methods"], "study": study,
               "note": "the next fit of the study uses these priors (`bayes-epm sweep resume` refits it)"}
     if as_json:

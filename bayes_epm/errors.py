@@ -36,6 +36,10 @@ class CompressionError(InvalidInputError):
     """A format that cannot be applied to a given model (e.g. N:M groups that do not divide a layer)."""
 
 
+class NotFittedError(InvalidInputError):
+    """A query on a fit that does not exist (yet): a missing fit directory, a study before its first fit."""
+
+
 class RunFailure(BayesEpmError, RuntimeError):
     """Valid input, but the work failed at run time."""
 

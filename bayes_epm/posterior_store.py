@@ -4,21 +4,28 @@
 - ``runs.csv``: the canonical run table it was fitted to,
 - ``fit.json``: diagnostics, priors, sampler settings and the package version.
 
-Files are written to a temporary name and renamed, so a reader never sees half a fit.
+Files are written to a temporary name and renamed, so a reader never sees half a file. A study's
+fit is *versioned* (:func:`save_fit` with ``versioned=True``): each fit is written whole into
+``fits/<n>/`` beside it and ``posterior`` is a symbolic link swapped atomically to the newest, so a
+reader (a query served while the sweep refits) resolves the link once and reads one fit, never the
+posterior of one with the runs or priors of another. The two newest versions are kept.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+import threading
+import shutil
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import arviz as az
 import pandas as pd
 
 from bayes_epm import __version__
-from bayes_epm.errors import InvalidInputError
+from bayes_epm.errors import NotFittedError
 from bayes_epm.inference import Diagnostics
 from bayes_epm.model import Priors
 from bayes_epm.priors import register
@@ -42,9 +49,16 @@ def _atomic(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
+KEEP_VERSIONS = 2
+
+
 def save_fit(out: str | Path, idata: az.InferenceData, runs: pd.DataFrame, diagnostics: Diagnostics,
-             priors: Priors, settings: dict) -> Path:
+             priors: Priors, settings: dict, versioned: bool = False) -> Path:
+    """Write a fit to ``out`` (a directory); ``versioned``: as a new version behind the link ``out``
+    (module docstring). Returns the path of the posterior file."""
     out = Path(out)
+    if versioned:
+        return _save_version(out, idata, runs, diagnostics, priors, settings)
     out.mkdir(parents=True, exist_ok=True)
     _atomic(out / RUNS, lambda p: runs.to_csv(p, index=False))
     _atomic(out / POSTERIOR, lambda p: idata.to_netcdf(str(p)))
@@ -54,24 +68,72 @@ def save_fit(out: str | Path, idata: az.InferenceData, runs: pd.DataFrame, diagn
     return out / POSTERIOR
 
 
-def load_fit(path: str | Path, register_methods: bool = True) -> SavedFit:
+def _save_version(link: Path, idata, runs, diagnostics, priors, settings) -> Path:
+    versions = link.parent / "fits"
+    versions.mkdir(exist_ok=True)
+    if link.is_dir() and not link.is_symlink():  # a study from before versions: its fit becomes one
+        os.replace(link, versions / "000000")
+    numbers = sorted(int(p.name) for p in versions.iterdir() if p.name.isdigit())
+    new = versions / f"{(numbers[-1] + 1) if numbers else 1:06d}"
+    tmp = versions / f".{new.name}.tmp-{os.getpid()}"
+    save_fit(tmp, idata, runs, diagnostics, priors, settings)
+    os.replace(tmp, new)
+    tmp_link = link.with_name(f".{link.name}.link-{os.getpid()}")
+    tmp_link.unlink(missing_ok=True)
+    tmp_link.symlink_to(Path("fits") / new.name)  # relative: the study directory can be moved
+    os.replace(tmp_link, link)  # atomic: a reader sees the old fit or the new one
+    for old in sorted(p for p in versions.iterdir() if p.name.isdigit())[:-KEEP_VERSIONS]:
+        shutil.rmtree(old, ignore_errors=True)
+    return link / POSTERIOR
+
+
+_CACHE: "OrderedDict[tuple, SavedFit]" = OrderedDict()
+_CACHE_SIZE = 8
+_CACHE_LOCK = threading.Lock()
+_READ_LOCK = threading.Lock()  # HDF5 (under NetCDF) is not thread-safe: one reader at a time
+
+
+def load_fit(path: str | Path, register_methods: bool = True, cached: bool = False) -> SavedFit:
     """A saved fit. ``register_methods``: make its prior file's methods known in this process (for
-    queries on their formats); a reader of the raw draws (a previous posterior as a prior) passes False."""
-    path = Path(path)
+    queries on their formats); a reader of the raw draws (a previous posterior as a prior) passes False.
+    ``cached``: reuse a fit read before in this process while its files are unchanged (a server's
+    queries); the returned object is a shallow copy, so a caller may set its ``priors``."""
+    path = Path(path).resolve()  # a versioned fit's link, resolved once: every file from one version
     missing = [name for name in (POSTERIOR, RUNS, META) if not (path / name).is_file()]
     if not path.is_dir() or missing:
-        raise InvalidInputError(f"no fitted posterior in {str(path)!r} (expected {', '.join((POSTERIOR, RUNS, META))}"
-                                f"{'; missing ' + ', '.join(missing) if path.is_dir() else ''}); "
-                                "run `bayes-epm fit RUNS --out DIR` first")
+        raise NotFittedError(f"no fitted posterior in {str(path)!r} (expected {', '.join((POSTERIOR, RUNS, META))}"
+                             f"{'; missing ' + ', '.join(missing) if path.is_dir() else ''}); "
+                             "run `bayes-epm fit RUNS --out DIR` first")
+    if not cached:
+        return _read(path, register_methods)
+    key = (str(path), register_methods, *((path / n).stat().st_mtime_ns for n in (POSTERIOR, RUNS, META)))
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None:
+            _CACHE.move_to_end(key)
+    if hit is None:
+        hit = _read(path, register_methods)
+        with _CACHE_LOCK:
+            _CACHE[key] = hit
+            while len(_CACHE) > _CACHE_SIZE:
+                _CACHE.popitem(last=False)
+    elif register_methods:
+        register(hit.priors.methods)
+    return replace(hit)
+
+
+def _read(path: Path, register_methods: bool) -> SavedFit:
     meta = json.loads((path / META).read_text())
     priors = Priors.from_dict(meta["priors"])
     if register_methods:
         register(priors.methods)  # a method's quantizer name must parse before the fit is queried
-    return SavedFit(idata=az.from_netcdf(str(path / POSTERIOR)), runs=pd.read_csv(path / RUNS),
-                    diagnostics=Diagnostics(**meta["diagnostics"]), priors=priors, meta=meta)
+    with _READ_LOCK:
+        idata = az.from_netcdf(str(path / POSTERIOR))
+    return SavedFit(idata=idata, runs=pd.read_csv(path / RUNS), diagnostics=Diagnostics(**meta["diagnostics"]),
+                    priors=priors, meta=meta)
 
 
-def open_fit(path: str | Path) -> SavedFit:
+def open_fit(path: str | Path, cached: bool = False) -> SavedFit:
     """The fit a query answers from: a directory written by ``bayes-epm fit``, or a study directory
     (its latest fit, answered with the study's current priors: a level imported since the fit is
     answered by its prior; and the study's size range). One code path for the CLI, Python and HTTP."""
@@ -79,10 +141,13 @@ def open_fit(path: str | Path) -> SavedFit:
 
     path = Path(path)
     if not (path / CONFIG).is_file():
-        return load_fit(path)
+        return load_fit(path, cached=cached)
     with Study.open(path) as study:
         priors, space, fit_dir = study.priors, study.config.space.params, study.posterior_dir
-    saved = load_fit(fit_dir)
+    if not (fit_dir / META).is_file():
+        raise NotFittedError(f"the study {str(path)!r} has no fit yet: its first fit comes after the initial "
+                             "design's runs (`bayes-epm sweep run` or `sweep resume`)")
+    saved = load_fit(fit_dir, cached=cached)
     saved.priors = priors
     saved.space_params = tuple(space)
     return saved

@@ -514,7 +514,16 @@ def load_prior_file(path: str | Path, literature: bool = True) -> PriorSet:
     path = Path(path)
     if not path.is_file():
         raise InvalidInputError(f"no prior file at {str(path)!r}")
-    data = path.read_bytes()
+    return load_prior_text(path.read_bytes(), path, literature)
+
+
+def load_prior_text(data: bytes, path: Path, literature: bool = True, code: bool = True,
+                    studies_root: Path | None = None) -> PriorSet:
+    """:func:`load_prior_file` on the bytes of a file; ``path`` names it in messages and anchors its
+    relative references. A file sent over the network is read with ``code=False`` (a ``gmse``
+    callable would run the sender's code on the server: refused) and ``studies_root`` (a
+    ``from_posterior`` study must lie inside it)."""
+    path = Path(path)
     try:
         raw = tomllib.loads(data.decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
@@ -525,7 +534,7 @@ def load_prior_file(path: str | Path, literature: bool = True) -> PriorSet:
                                 f"{', '.join(map(repr, unknown)) or 'no method'})")
     methods, levels, joints = [], [], []
     for name, table in raw["method"].items():
-        m, lv, joint = _method(name, table, path)
+        m, lv, joint = _method(name, table, path, code, studies_root)
         methods.append(m)
         levels.extend(lv)
         if joint is not None:
@@ -539,7 +548,8 @@ def load_prior_file(path: str | Path, literature: bool = True) -> PriorSet:
                     imports=((str(path.resolve()), hashlib.sha256(data).hexdigest()),))
 
 
-def _method(name: str, table: Any, path: Path) -> tuple[Method, list[LevelPrior], JointPrior | None]:
+def _method(name: str, table: Any, path: Path, code: bool = True,
+            studies_root: Path | None = None) -> tuple[Method, list[LevelPrior], JointPrior | None]:
     from bayes_epm.models import quantize, sparsity
 
     where = f"method.{name}"
@@ -579,6 +589,10 @@ def _method(name: str, table: Any, path: Path) -> tuple[Method, list[LevelPrior]
         if builtin:
             raise InvalidInputError(f"[{where}.gmse]: {name!r} is a built-in {kind} with its own GMSE; a new "
                                     "method needs a new name")
+        if not code:
+            raise InvalidInputError(f"[{where}.gmse]: a prior file sent to the service cannot name a callable "
+                                    "(it would run the sender's code on the server); import it on the server with "
+                                    "`bayes-epm priors import`, or send epm priors only")
         fn = load_callable(g[key], path.parent)
         _check_callable(fn, g[key], kind)
         callable_spec = _absolute_callable(g[key], path.parent)
@@ -590,7 +604,11 @@ def _method(name: str, table: Any, path: Path) -> tuple[Method, list[LevelPrior]
         if set(fp) != {"study"} or not isinstance(fp["study"], str):
             raise InvalidInputError(f"[{where}.from_posterior] takes one key, study = 'path/to/study'; got "
                                     f"{', '.join(sorted(fp)) or 'nothing'}")
-        joint = posterior_prior(path.parent / fp["study"], name)
+        previous = path.parent / fp["study"]
+        if studies_root is not None and not previous.resolve().is_relative_to(studies_root.resolve()):
+            raise InvalidInputError(f"[{where}.from_posterior]: study {fp['study']!r} is not a study of this server "
+                                    "(name it by its id, relative to the studies directory)")
+        joint = posterior_prior(previous, name)
         both = {lv for _, lv in joint.levels()} & {lp.level for lp in levels}
         if both:
             raise InvalidInputError(f"[{where}]: level(s) {', '.join(sorted(both))} have both an epm prior and one "

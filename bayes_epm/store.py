@@ -116,6 +116,17 @@ class Study:
 
         return Priors(methods=self.config.priors)
 
+    def import_priors(self, new: PriorSet, replace: bool = False) -> PriorSet:
+        """Add a checked prior set's methods to the study's (:meth:`PriorSet.merge`) and save them."""
+        merged = self.config.priors.merge(new, replace=replace)
+        self.set_priors(merged)
+        return merged
+
+    def last_update(self) -> float | None:
+        """When a run last changed (seconds since the epoch), None for a study without runs."""
+        row = self._db.execute("SELECT MAX(updated) FROM runs").fetchone()
+        return row[0]
+
     def set_priors(self, prior_set: PriorSet) -> None:
         """Replace the study's prior set (checked by the caller; written atomically)."""
         if prior_set.joint is not None and Path(prior_set.joint.study).resolve() == self.path.resolve():

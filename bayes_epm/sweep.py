@@ -233,7 +233,7 @@ def fit_study(study: Study):
         # directions): run them once more with twice the draws, as one would by hand
         settings = {**settings, "draws": 2 * cfg.fit.draws, "seed": cfg.seed + 1}  # new draws, not a repeat
         idata, diag = fit(table, centre=study_centre(cfg.space), priors=priors, **settings)
-    save_fit(study.posterior_dir, idata, table, diag, priors, settings)
+    save_fit(study.posterior_dir, idata, table, diag, priors, settings, versioned=True)
     return idata, diag
 
 
@@ -338,14 +338,16 @@ def propose_only(study: Study, n: int) -> pd.DataFrame:
                         budget_left=cfg.budget.flops - study.flops_spent(), seed=cfg.seed, priors=study.priors)
 
 
-def status(study: Study) -> dict[str, Any]:
+def status(study: Study, cached: bool = False) -> dict[str, Any]:
+    """Runs by status, FLOPs spent against the budget, each target's EPM and the last fit's diagnostics
+    (``cached``: reuse a fit this process has read, while unchanged)."""
     cfg = study.config
     out: dict[str, Any] = {"study": str(study.path), "counts": study.counts(), "flops_spent": study.flops_spent(),
                            "flops_budget": cfg.budget.flops, "targets": {}}
     if (study.posterior_dir / "posterior.nc").is_file():
         from bayes_epm.posterior_store import load_fit
 
-        saved = load_fit(study.posterior_dir)
+        saved = load_fit(study.posterior_dir, cached=cached)
         out["targets"] = {s.format: s.to_dict() for s in target_states(saved.idata, cfg.space.targets,
                                                                         priors=study.priors)}
         out["diagnostics"] = saved.meta["diagnostics"]
