@@ -60,6 +60,11 @@ def test_quest_frontier_example(tmp_path):
     assert (tmp_path / "frontier.png").stat().st_size > 20_000 and (tmp_path / "posterior.nc").is_file()
 
 
+def test_service_load_benchmark():
+    out = run("benchmarks/service_load.py", "--clients", "2", "--queries", "24", "--draws", "100")
+    assert "| quiet study |" in out and "| sweep writing |" in out and "errors: 0" in out
+
+
 def test_fit_speed_benchmark():
     out = run("benchmarks/fit_speed.py", "--resamples", "4", "--grid-step", "4", "--draws", "60", "--tune", "60",
               "--chains", "2", "--workers", "1")
