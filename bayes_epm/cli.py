@@ -303,11 +303,18 @@ def _diagnostics_warning(result: dict) -> None:
               "these odds are not to be trusted", file=sys.stderr)
 
 
-_REGIME_HELP = {
-    "train_flops": "Training compute C: per posterior draw the loss-minimising size (D = C / 6N), capped by the memory.",
-    "tokens": "Train every candidate on D tokens, at the largest size the memory stores.",
-    "tokens_per_param": "Train every candidate on R tokens per parameter, at the largest size the memory stores.",
-}
+# options shared by `recommend` and `frontier`
+TrainFlopsOpt = Annotated[Optional[float], typer.Option(
+    help="Training compute C: per posterior draw the loss-minimising size (D = C / 6N), capped by the memory.")]
+TokensOpt = Annotated[Optional[float], typer.Option(
+    help="Train every candidate on D tokens, at the largest size the memory stores.")]
+TokensPerParamOpt = Annotated[Optional[float], typer.Option(
+    help="Train every candidate on R tokens per parameter, at the largest size the memory stores.")]
+FormatsOpt = Annotated[Optional[list[str]], typer.Option(
+    "--formats", help="Candidate formats, comma-separated or repeated, trained or not (default: dense and every "
+                      "fitted format).")]
+MinParamsOpt = Annotated[Optional[float], typer.Option(
+    help="Smallest size considered (default: the study's smallest size, or the fit's smallest run).")]
 
 
 @app.command()
@@ -315,13 +322,11 @@ def recommend(
     study: Annotated[str, typer.Argument(help="Study directory, or a directory written by `bayes-epm fit`.")],
     memory_bytes: Annotated[str, typer.Option("--memory-bytes", help="Memory for the stored weights: bytes, or with "
                                               "a unit (512MB, 4GiB).")],
-    train_flops: Annotated[Optional[float], typer.Option(help=_REGIME_HELP["train_flops"])] = None,
-    tokens: Annotated[Optional[float], typer.Option(help=_REGIME_HELP["tokens"])] = None,
-    tokens_per_param: Annotated[Optional[float], typer.Option(help=_REGIME_HELP["tokens_per_param"])] = None,
-    formats: Annotated[Optional[list[str]], typer.Option("--formats", help="Candidate formats, comma-separated or "
-                                                         "repeated, trained or not (default: dense and every fitted format).")] = None,
-    min_params: Annotated[Optional[float], typer.Option(help="Smallest size considered (default: the study's smallest "
-                                                        "size, or the fit's smallest run).")] = None,
+    train_flops: TrainFlopsOpt = None,
+    tokens: TokensOpt = None,
+    tokens_per_param: TokensPerParamOpt = None,
+    formats: FormatsOpt = None,
+    min_params: MinParamsOpt = None,
     hdi: Annotated[float, typer.Option(help="HDI probability.")] = 0.9,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else.")] = False,
 ) -> int:
@@ -374,17 +379,16 @@ def recommend(
 @app.command()
 def frontier(
     study: Annotated[str, typer.Argument(help="Study directory, or a directory written by `bayes-epm fit`.")],
-    train_flops: Annotated[Optional[float], typer.Option(help=_REGIME_HELP["train_flops"])] = None,
-    tokens: Annotated[Optional[float], typer.Option(help=_REGIME_HELP["tokens"])] = None,
-    tokens_per_param: Annotated[Optional[float], typer.Option(help=_REGIME_HELP["tokens_per_param"])] = None,
-    formats: Annotated[Optional[list[str]], typer.Option("--formats", help="Formats, comma-separated or repeated, "
-                                                         "trained or not (default: dense and every fitted format).")] = None,
+    train_flops: TrainFlopsOpt = None,
+    tokens: TokensOpt = None,
+    tokens_per_param: TokensPerParamOpt = None,
+    formats: FormatsOpt = None,
     min_bytes: Annotated[Optional[str], typer.Option(help="Smallest memory budget of the curve (default: the smallest "
                                                      "model in the cheapest format).")] = None,
     max_bytes: Annotated[Optional[str], typer.Option(help="Largest memory budget of the curve (default: the largest "
                                                      "fitted run, dense).")] = None,
     points: Annotated[int, typer.Option(help="Memory budgets on the curve (log-spaced).")] = 24,
-    min_params: Annotated[Optional[float], typer.Option(help="Smallest size considered.")] = None,
+    min_params: MinParamsOpt = None,
     plot: Annotated[Optional[str], typer.Option(help="Also write the frontier as a PNG to this path.")] = None,
     hdi: Annotated[float, typer.Option(help="HDI probability.")] = 0.9,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else.")] = False,

@@ -39,3 +39,13 @@ def simulate_runs(truth: Truth, params: list[float], tokens_per_param: list[floa
                 rows.append({"params": n, "tokens": tpp * n, "format": fmt, "source": "simulated",
                              "loss": float(mean * np.exp(rng.normal(0.0, truth.noise_sd)))})
     return pd.DataFrame(rows, columns=["params", "tokens", "loss", "format", "source"])
+
+
+def truth_file(truth: Truth, cost: dict[str, float] | None = None) -> str:
+    """The text of the simulated lab's truth file for ``truth`` (``[law]``, ``[epm]`` and the per-format
+    ``[cost]`` factors; read by :func:`bayes_epm.config.load_truth`)."""
+    lines = ["[law]", *(f"{k} = {getattr(truth, k)!r}" for k in ("E", "A", "B", "alpha", "beta", "noise_sd")),
+             "[epm]", *(f'"{f}" = {v!r}' for f, v in truth.epm.items() if f != "dense")]
+    if cost:
+        lines += ["[cost]", *(f'"{f}" = {v!r}' for f, v in cost.items())]
+    return "\n".join(lines) + "\n"

@@ -51,19 +51,6 @@ draws = {draws}
 tune = {draws}
 chains = 2
 """
-TRUTH = """
-[law]
-E = 1.8
-A = 480.0
-B = 2000.0
-alpha = 0.34
-beta = 0.36
-noise_sd = 0.01
-[epm]
-"s0.5" = 0.80
-"w4a4" = 0.75
-"s0.5-w4a4" = 0.60
-"""
 
 
 def _free_port() -> int:
@@ -105,17 +92,17 @@ def main() -> int:
     ap.add_argument("--draws", type=int, default=500, help="draws (and tuning steps) per chain of each refit")
     args = ap.parse_args()
 
-    from bayes_epm.simulate import Truth, simulate_runs
+    from bayes_epm.simulate import Truth, simulate_runs, truth_file
     from bayes_epm.store import Study
     from bayes_epm.sweep import fit_study
 
+    truth = Truth(epm={"dense": 1.0, "s0.5": 0.8, "w4a4": 0.75, "s0.5-w4a4": 0.6})
     work = Path(tempfile.mkdtemp(prefix="service-load-"))
-    (work / "truth.toml").write_text(TRUTH)
+    (work / "truth.toml").write_text(truth_file(truth))
     (work / "study.toml").write_text(CONFIG.format(draws=args.draws))
     study = work / "studies" / "bench"
     t0 = time.perf_counter()
     with Study.create(study, work / "study.toml") as st:
-        truth = Truth(epm={"dense": 1.0, "s0.5": 0.8, "w4a4": 0.75, "s0.5-w4a4": 0.6})
         st.import_runs(simulate_runs(truth, list(np.geomspace(1e7, 1e9, 3)), [10, 40], list(truth.epm),
                                      np.random.default_rng(0)), "simulated")
         fit_study(st)

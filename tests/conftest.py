@@ -42,3 +42,19 @@ def fitted(tmp_path_factory):
     out = tmp_path_factory.mktemp("fit")
     save_fit(out, idata, runs, diag, Priors(), {"draws": 1000, "tune": 600, "chains": 2, "seed": 3})
     return {"truth": truth, "runs": runs, "idata": idata, "diagnostics": diag, "dir": out}
+
+
+@pytest.fixture()
+def cli_json(capsys):
+    """``cli_json(argv)``: run the CLI with ``--json``; it must exit 0; its output, parsed."""
+    import json
+
+    from bayes_epm.cli import main
+
+    def run(argv: list[str]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv + ["--json"])
+        captured = capsys.readouterr()
+        assert exc.value.code == 0, captured.err
+        return json.loads(captured.out)
+    return run

@@ -174,21 +174,13 @@ def test_levels_shared_by_formats_are_drawn_once(fitted):
     assert compare(fitted["idata"], "w3", "w3a4")["p_a_greater"] > 0.5  # activations only remove
 
 
-def test_cli_matches_python(fitted, capsys):
+def test_cli_matches_python(fitted, cli_json):
     saved = open_fit(fitted["dir"])
-    assert main_json(capsys, ["recommend", str(fitted["dir"]), "--memory-bytes", "1GB", "--train-flops", "1e20",
+    assert cli_json(["recommend", str(fitted["dir"]), "--memory-bytes", "1GB", "--train-flops", "1e20",
                               "--formats", "dense,w4", "--formats", "w3"]) == json.loads(json.dumps(
         recommend(saved, 1e9, train_flops=1e20, formats=["dense", "w4", "w3"])))
-    assert main_json(capsys, ["frontier", str(fitted["dir"]), "--tokens", "1e10", "--points", "5"]) == json.loads(
+    assert cli_json(["frontier", str(fitted["dir"]), "--tokens", "1e10", "--points", "5"]) == json.loads(
         json.dumps(frontier(saved, tokens=1e10, points=5)))
-
-
-def main_json(capsys, argv):
-    with pytest.raises(SystemExit) as exc:
-        main(argv + ["--json"])
-    captured = capsys.readouterr()
-    assert exc.value.code == 0, captured.err
-    return json.loads(captured.out)
 
 
 @pytest.mark.parametrize("argv,match", [

@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from bayes_epm.cli import main
 from bayes_epm.errors import InvalidInputError
 from bayes_epm.service import check_token, create_app
+from bayes_epm.simulate import Truth, truth_file
 
 TOKEN = "s3cret-token-of-32-characters-xx"
 CONFIG = """
@@ -40,22 +41,11 @@ draws = 400
 tune = 400
 chains = 2
 """
-TRUTH = """
-[law]
-E = 1.8
-A = 480.0
-B = 2000.0
-alpha = 0.34
-beta = 0.36
-noise_sd = 0.01
-[epm]
-"s0.5" = 0.80
-"w4a4" = 0.75
-"""
+TRUTH = truth_file(Truth(epm={"s0.5": 0.80, "w4a4": 0.75}))
 
 
 def _new_study(root: Path, name: str, fit: bool = True) -> Path:
-    from bayes_epm.simulate import Truth, simulate_runs
+    from bayes_epm.simulate import simulate_runs
     from bayes_epm.store import Study
     from bayes_epm.sweep import fit_study
 
@@ -86,17 +76,12 @@ def client(served):
     return TestClient(create_app(served))
 
 
-def _cli_json(capsys, argv):
-    with pytest.raises(SystemExit) as exc:
-        main(argv + ["--json"])
-    out = capsys.readouterr()
-    assert exc.value.code == 0, out.err
-    return json.loads(out.out)
-
-
-def test_every_query_endpoint_answers_as_the_cli(client, served, capsys):
+def test_every_query_endpoint_answers_as_the_cli(client, served, cli_json):
     s = str(served / "s")
     assert client.get("/health").json()["status"] == "ok"
+    paths = set(client.get("/openapi.json").json()["paths"])
+    assert {"/studies/{study_id}/epm", "/studies/{study_id}/recommend", "/studies/{study_id}/frontier",
+            "/studies/{study_id}/proposals", "/studies/{study_id}/priors", "/studies/{study_id}/report"} <= paths
     listed = client.get("/studies").json()["studies"]
     assert [(x["id"], x["fitted"]) for x in listed] == [("empty", False), ("s", True)]
     info = client.get("/studies/s").json()
@@ -117,7 +102,7 @@ def test_every_query_endpoint_answers_as_the_cli(client, served, capsys):
     for url, params, argv in pairs:
         got = client.get(url, params=params)
         assert got.status_code == 200, got.text
-        assert got.json() == _cli_json(capsys, argv), url
+        assert got.json() == cli_json(argv), url
 
 
 @pytest.mark.parametrize("url,code,match", [
@@ -329,3 +314,16 @@ def test_dashboard_in_headless_chromium(served, tmp_path):
     finally:
         server.terminate()
         server.communicate(timeout=30)
+
+
+def test_a_fit_saved_before_versions_becomes_the_first(fitted, tmp_path):
+    from bayes_epm.posterior_store import load_fit, save_fit
+
+    legacy = tmp_path / "posterior"
+    shutil.copytree(fitted["dir"], legacy)  # a real directory, as studies kept their fit before versions
+    saved = load_fit(legacy)
+    save_fit(legacy, saved.idata, saved.runs, saved.diagnostics, saved.priors, {"n": 2}, versioned=True)
+    assert legacy.is_symlink() and os.readlink(legacy) == os.path.join("fits", "000001")
+    assert sorted(p.name for p in (tmp_path / "fits").iterdir()) == ["000000", "000001"]
+    assert load_fit(legacy).meta["settings"] == {"n": 2}
+    assert load_fit(tmp_path / "fits" / "000000").meta["settings"]["draws"] == 1000  # the old fit, kept

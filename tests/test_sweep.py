@@ -18,22 +18,10 @@ from bayes_epm.cli import main
 from bayes_epm.config import load_truth
 from bayes_epm.errors import InvalidInputError
 from bayes_epm.lab import simulate_run, true_epm
+from bayes_epm.simulate import Truth, truth_file
 from bayes_epm.store import Study
 
-TRUTH = """
-[law]
-E = 1.8
-A = 480.0
-B = 2000.0
-alpha = 0.34
-beta = 0.36
-noise_sd = 0.01
-[epm]
-"s0.5" = 0.80
-"w4a4" = 0.75
-[cost]
-"w4a4" = 1.2
-"""
+TRUTH = truth_file(Truth(epm={"s0.5": 0.80, "w4a4": 0.75}), cost={"w4a4": 1.2})
 
 
 def config_text(hdi_width=0.5, flops=1e21, batch=3, extra="", draws=200, chains=2):
