@@ -90,7 +90,7 @@ def _save_version(link: Path, idata, runs, diagnostics, priors, settings) -> Pat
 _CACHE: "OrderedDict[tuple, SavedFit]" = OrderedDict()
 _CACHE_SIZE = 8
 _CACHE_LOCK = threading.Lock()
-_READ_LOCK = threading.Lock()  # HDF5 (under NetCDF) is not thread-safe: one reader at a time
+_READ_LOCK = threading.RLock()  # HDF5 (under NetCDF) is not thread-safe: one reader at a time
 
 
 def load_fit(path: str | Path, register_methods: bool = True, cached: bool = False) -> SavedFit:
@@ -112,12 +112,17 @@ def load_fit(path: str | Path, register_methods: bool = True, cached: bool = Fal
         if hit is not None:
             _CACHE.move_to_end(key)
     if hit is None:
-        hit = _read(path, register_methods)
-        with _CACHE_LOCK:
-            _CACHE[key] = hit
-            while len(_CACHE) > _CACHE_SIZE:
-                _CACHE.popitem(last=False)
-    elif register_methods:
+        with _READ_LOCK:  # one thread reads a new fit; the others wait for it instead of reading it again
+            with _CACHE_LOCK:
+                hit = _CACHE.get(key)
+            if hit is None:
+                hit = _read(path, register_methods)
+                with _CACHE_LOCK:
+                    _CACHE[key] = hit
+                    while len(_CACHE) > _CACHE_SIZE:
+                        _CACHE.popitem(last=False)
+                return replace(hit)
+    if register_methods:
         register(hit.priors.methods)
     return replace(hit)
 

@@ -2,8 +2,8 @@
 simulated sweep writes to the same study (new runs, refits swapped in): p50/p99 latency, throughput
 and errors of both, side by side in one run.
 
-    python benchmarks/service_load.py                     # 8 clients x 800 queries per phase (about 3 minutes)
-    python benchmarks/service_load.py --clients 2 --queries 40 --draws 100   # a smoke run
+    python benchmarks/service_load.py                     # 8 clients; 800 queries, then queries through 2 refits
+    python benchmarks/service_load.py --clients 2 --queries 24 --draws 100 --refits 1   # a smoke run
 
 The server is the real one (uvicorn, HTTP on loopback, a bearer token), started as a user would;
 the sweep is `bayes-epm sweep resume` on the simulated lab, in its own process. Queries cycle
@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -59,7 +60,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _get(url: str) -> tuple[float, int]:
+def _get(url: str) -> tuple[float, int, float]:
+    """(latency in s, HTTP status or -1, start time)."""
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
     t0 = time.perf_counter()
     try:
@@ -70,19 +72,27 @@ def _get(url: str) -> tuple[float, int]:
         code = err.code
     except OSError:
         code = -1
-    return time.perf_counter() - t0, code
+    return time.perf_counter() - t0, code, t0
 
 
-def _phase(base: str, clients: int, queries: int) -> dict:
+def _phase(base: str, clients: int, queries: int, until=lambda: True, limit_s: float = 900.0) -> dict:
+    """``queries`` EPM queries from ``clients`` threads, repeated until ``until()`` holds (or ``limit_s``)."""
     urls = [f"{base}/studies/bench/epm?format={FORMATS[i % len(FORMATS)]}" for i in range(queries)]
+    results = []
     t0 = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        results = list(pool.map(_get, urls))
+        while True:
+            results += list(pool.map(_get, urls))
+            if until() or time.perf_counter() - t0 > limit_s:
+                break
     wall = time.perf_counter() - t0
+    queries = len(results)
     lat = np.array([r[0] for r in results]) * 1e3
     errors = sum(1 for r in results if r[1] != 200)
+    slowest = sorted(results, reverse=True)[:3]
     return {"p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-            "max_ms": float(lat.max()), "per_s": queries / wall, "errors": errors, "queries": queries}
+            "max_ms": float(lat.max()), "per_s": queries / wall, "errors": errors, "queries": queries,
+            "slowest": [(r[0] * 1e3, r[2]) for r in slowest]}
 
 
 def main() -> int:
@@ -90,6 +100,8 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--queries", type=int, default=800, help="queries per phase")
     ap.add_argument("--draws", type=int, default=500, help="draws (and tuning steps) per chain of each refit")
+    ap.add_argument("--refits", type=int, default=2,
+                    help="the writing phase goes on (in rounds of --queries) until the sweep swapped in this many refits")
     args = ap.parse_args()
 
     from bayes_epm.simulate import Truth, simulate_runs, truth_file
@@ -124,31 +136,52 @@ def main() -> int:
         _phase(base, 1, len(FORMATS))  # warm: the first read of the fit and the imports
         idle = _phase(base, args.clients, args.queries)
 
-        versions_before = sorted(p.name for p in (study / "fits").iterdir())
+        first = int((study / "posterior").resolve().name)
+
+        def refits() -> int:
+            return int((study / "posterior").resolve().name) - first
+
+        swaps: list[float] = []  # when each refit was swapped in (polled)
+        watching = threading.Event()
+
+        def watch() -> None:
+            seen = first
+            while not watching.is_set():
+                now = int((study / "posterior").resolve().name)
+                if now != seen:
+                    swaps.append(time.perf_counter())
+                    seen = now
+                time.sleep(0.05)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
         sweep = subprocess.Popen([*cli, "sweep", "resume", str(study)], env=env, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
         with Study.open(study) as st:
             done_before = st.counts()["done"]
         time.sleep(2)  # the sweep is proposing and landing runs
-        writing = _phase(base, args.clients, args.queries)
+        writing = _phase(base, args.clients, args.queries, until=lambda: refits() >= args.refits)
+        watching.set()
         with Study.open(study) as st:
             landed = st.counts()["done"] - done_before
-        newest = (study / "posterior").resolve().name
-        refits = int(newest) - int(max(versions_before))
+        swapped = refits()
     finally:
         for proc in (sweep, server):
             if proc is not None:
                 proc.terminate()
                 proc.wait(timeout=60)
 
-    print(f"\n{args.clients} concurrent clients, {args.queries} EPM queries per phase "
-          f"({', '.join(FORMATS)}, cycled); during the writing phase the sweep landed {landed} runs "
-          f"and swapped in {refits} refits\n")
+    print(f"\n{args.clients} concurrent clients, EPM queries ({', '.join(FORMATS)}, cycled): {idle['queries']} on the "
+          f"quiet study, {writing['queries']} while the sweep landed {landed} runs and swapped in {swapped} refits\n")
     print("| phase | p50 ms | p99 ms | max ms | queries/s | errors |")
     print("|---|---|---|---|---|---|")
     for name, r in (("quiet study", idle), ("sweep writing", writing)):
         print(f"| {name} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} | {r['per_s']:.0f} | "
               f"{r['errors']} |")
+    for ms, start in writing["slowest"]:
+        near = min((abs(start - t) for t in swaps), default=None)  # the watcher polls every 0.05 s
+        when = f"{near:.2f} s from a refit's swap" if near is not None else "with no swap yet"
+        print(f"slowest while writing: {ms:.0f} ms, sent {when}")
     print(f"\nwriting / quiet: p50 x{writing['p50_ms'] / idle['p50_ms']:.2f}, p99 x{writing['p99_ms'] / idle['p99_ms']:.2f}")
     errors = idle["errors"] + writing["errors"]
     print(f"errors: {errors}")

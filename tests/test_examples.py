@@ -61,7 +61,7 @@ def test_quest_frontier_example(tmp_path):
 
 
 def test_service_load_benchmark():
-    out = run("benchmarks/service_load.py", "--clients", "2", "--queries", "24", "--draws", "100")
+    out = run("benchmarks/service_load.py", "--clients", "2", "--queries", "24", "--draws", "100", "--refits", "1")
     assert "| quiet study |" in out and "| sweep writing |" in out and "errors: 0" in out
 
 
