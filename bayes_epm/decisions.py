@@ -44,7 +44,7 @@ quantization and masked sparsity train with dense arithmetic, as studies count t
 
 Sizes below ``min_params`` are not considered: by default the smallest run of the fit (a study's
 smallest size in its space), so that the law is never extrapolated downwards; upwards it is, and
-an answer beyond the largest run says so (``"extrapolated"``).
+an answer whose size or tokens (their HDI) leave the fitted runs' range says so (``"extrapolated"``).
 """
 
 from __future__ import annotations
@@ -147,10 +147,15 @@ def max_params(fmt: str | Format, memory_bytes: float) -> float:
     """The largest N whose storage in ``fmt`` fits ``memory_bytes`` (storage grows with N: bisection
     on log N)."""
     budget = 8.0 * memory_bytes
-    lo, hi = math.log(budget / 64.0), math.log(budget)  # at most 64 and at least 1 bit per parameter
+    fits = lambda log_n: float(storage_bits(fmt, math.exp(log_n))) <= budget  # noqa: E731
+    lo, hi = math.log(budget / 64.0), math.log(budget)
+    while not fits(lo):  # bracket the answer: formats below 1 bit per parameter store more than 8 x bytes
+        lo -= math.log(2.0)
+    while fits(hi):
+        lo, hi = hi, hi + math.log(2.0)
     for _ in range(100):
         mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if float(storage_bits(fmt, math.exp(mid))) <= budget else (lo, mid)
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     return math.exp(lo)
 
 
@@ -283,11 +288,13 @@ def _candidates(fit, formats) -> list[str]:
 
 
 def _check_flops(regime: Regime, min_params: float) -> None:
-    if regime.train_flops is not None and regime.train_flops < FLOPS_PER_PARAM_TOKEN * min_params**2:
+    if regime.train_flops is not None and (math.log(regime.train_flops)
+                                           < math.log(FLOPS_PER_PARAM_TOKEN) + 2 * math.log(min_params)):
         raise InvalidInputError(
             f"train_flops={regime.train_flops:.3g} is too small: it cannot train the smallest size considered "
             f"({min_params:.3g} parameters) on one token per parameter, which takes "
-            f"{FLOPS_PER_PARAM_TOKEN * min_params**2:.3g} FLOPs; give more FLOPs or a smaller min_params")
+            f"{math.exp(math.log(FLOPS_PER_PARAM_TOKEN) + 2 * math.log(min_params)):.3g} FLOPs; give more FLOPs or a "
+            "smaller min_params")
 
 
 def _mcse(indicator: np.ndarray, shape: tuple[int, int]) -> float:
@@ -309,6 +316,16 @@ def _hdi_key(hdi: float) -> str:
 def _diagnostics(fit) -> dict:
     diag = fit.diagnostics
     return {"converged": bool(diag.converged), "problems": list(diag.problems())}
+
+
+def _outside(choice: _Choice, lo: float, hi: float, tokens: tuple[float, float], hdi: float, unlimited: bool) -> bool:
+    """Whether the size's HDI (or the tokens', when finite) leaves the range of the fitted runs."""
+    n_lo, n_hi = _interval(choice.params, hdi)
+    out = n_hi > hi * 1.0001 or n_lo < lo / 1.0001
+    if not unlimited:
+        d_lo, d_hi = _interval(choice.tokens, hdi)
+        out = out or d_hi > tokens[1] * 1.0001 or d_lo < tokens[0] / 1.0001
+    return bool(out)
 
 
 def _fitted_range(fit) -> tuple[float, float]:
@@ -352,6 +369,7 @@ def recommend(fit, memory_bytes: float | str, *, tokens: float | None = None, to
     losses = np.column_stack([choices[f].loss for f in fits])
     winner = np.argmin(losses, axis=1)
     lo_fit, hi_fit = _fitted_range(fit)
+    tok_fit = (float(fit.runs["tokens"].min()), float(fit.runs["tokens"].max()))
     key = _hdi_key(hdi)
     out = []
     for j, f in enumerate(fits):
@@ -369,7 +387,7 @@ def recommend(fit, memory_bytes: float | str, *, tokens: float | None = None, to
             "p_best": float(won.mean()), "p_best_mcse": _mcse(won, world.shape),
             "memory_bound": c.memory_bound,
             "epm": summarize(world.epm[f], hdi).to_dict(), "source": epm_source(fit.idata, f, fit.priors),
-            "extrapolated": bool(n_med > hi_fit * 1.0001 or n_med < lo_fit / 1.0001),
+            "extrapolated": _outside(c, lo_fit, hi_fit, tok_fit, hdi, regime.unlimited),
         })
     out.sort(key=lambda r: (-r["p_best"], r["loss"]["mean"]))
     return {"budget": {"memory_bytes": memory_bytes, **regime.to_dict(), "regime": regime.describe(),
@@ -384,7 +402,10 @@ def recommend(fit, memory_bytes: float | str, *, tokens: float | None = None, to
 def _steps(rows: list[dict], bpe: dict[str, np.ndarray]) -> list[dict]:
     """Within each family (same quantizer and sparsity pattern, or same quantization for sparse
     formats), each step from a format to the next one storing fewer bits per parameter, starting
-    from dense: the probability that the step lowers the bits per effective parameter."""
+    from dense: the probability that the step lowers the bits per effective parameter (which
+    decides the winner under a memory budget with tokens fixed or unlimited; with tokens tied to
+    the size or to a FLOP budget the curve, not the step, is the answer). Steps that store no fewer
+    bits (activation bits alone) are not steps."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         fmt = Format.parse(r["format"])
@@ -401,8 +422,10 @@ def _steps(rows: list[dict], bpe: dict[str, np.ndarray]) -> list[dict]:
     for members in groups.values():
         chain = sorted(members, key=lambda r: -r["bits_per_param"])
         if has_dense:
-            chain = [{"format": "dense", "family": "dense"}] + chain
+            chain = [{"format": "dense", "family": "dense", "bits_per_param": 16.0}] + chain
         for hi, lo in zip(chain, chain[1:]):
+            if lo["bits_per_param"] >= hi.get("bits_per_param", 16.0):
+                continue  # activation bits store nothing: no step to fewer bits to judge
             p = float(np.mean(bpe[lo["format"]] < bpe[hi["format"]]))
             verdict = "pays" if p >= PAYS else "stops paying" if p <= STOPS_PAYING else "uncertain"
             steps.append({"family": lo["family"], "from": hi["format"], "to": lo["format"], "p_pays": p,

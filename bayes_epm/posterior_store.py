@@ -41,6 +41,7 @@ class SavedFit:
     priors: Priors
     meta: dict
     space_params: tuple[float, float] | None = None  # a study's [space] params range, when opened from one
+    path: Path | None = None  # the directory read (a versioned fit's link, resolved)
 
 
 def _atomic(path: Path, write) -> None:
@@ -97,8 +98,23 @@ def load_fit(path: str | Path, register_methods: bool = True, cached: bool = Fal
     """A saved fit. ``register_methods``: make its prior file's methods known in this process (for
     queries on their formats); a reader of the raw draws (a previous posterior as a prior) passes False.
     ``cached``: reuse a fit read before in this process while its files are unchanged (a server's
-    queries); the returned object is a shallow copy, so a caller may set its ``priors``."""
-    path = Path(path).resolve()  # a versioned fit's link, resolved once: every file from one version
+    queries); the returned object is a shallow copy, so a caller may set its ``priors``.
+
+    A versioned fit's link is resolved once, so every file comes from one version. Should that
+    version be removed while it is read (the writer saved two newer ones meanwhile), the link is
+    resolved again and the newest read instead."""
+    link = Path(path)
+    for attempt in range(5):
+        resolved = link.resolve()
+        try:
+            return _load(resolved, register_methods, cached)
+        except (OSError, NotFittedError):
+            if attempt == 4 or not link.is_symlink() or link.resolve() == resolved:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _load(path: Path, register_methods: bool, cached: bool) -> SavedFit:
     missing = [name for name in (POSTERIOR, RUNS, META) if not (path / name).is_file()]
     if not path.is_dir() or missing:
         raise NotFittedError(f"no fitted posterior in {str(path)!r} (expected {', '.join((POSTERIOR, RUNS, META))}"
@@ -132,10 +148,12 @@ def _read(path: Path, register_methods: bool) -> SavedFit:
     priors = Priors.from_dict(meta["priors"])
     if register_methods:
         register(priors.methods)  # a method's quantizer name must parse before the fit is queried
-    with _READ_LOCK:
+    with _READ_LOCK, az.rc_context(rc={"data.load": "eager"}):
+        # eager: arviz loads lazily by default, which would read the file later, outside the lock, and
+        # by name (after a swap, possibly another fit's file)
         idata = az.from_netcdf(str(path / POSTERIOR))
     return SavedFit(idata=idata, runs=pd.read_csv(path / RUNS), diagnostics=Diagnostics(**meta["diagnostics"]),
-                    priors=priors, meta=meta)
+                    priors=priors, meta=meta, path=path)
 
 
 def open_fit(path: str | Path, cached: bool = False) -> SavedFit:
@@ -152,7 +170,7 @@ def open_fit(path: str | Path, cached: bool = False) -> SavedFit:
     if not (fit_dir / META).is_file():
         raise NotFittedError(f"the study {str(path)!r} has no fit yet: its first fit comes after the initial "
                              "design's runs (`bayes-epm sweep run` or `sweep resume`)")
-    saved = load_fit(fit_dir, cached=cached)
+    saved = load_fit(fit_dir, register_methods=False, cached=cached)  # Study.open registered the current methods
     saved.priors = priors
     saved.space_params = tuple(space)
     return saved

@@ -14,6 +14,7 @@ common, so that draw ``i`` is one consistent world for all of them.
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
 
 import arviz as az
@@ -102,21 +103,28 @@ class _JointDraws:
     unseen level, a quantizer's scale drawn from its prior, a factor's curve drawn from its prior,
     tau when the fit has none) is drawn once and shared by every format that uses it, so that
     comparisons and decisions across formats see one consistent world per posterior draw. The
-    interaction delta is each combined format's own and is drawn fresh for each."""
+    interaction delta is each combined format's own. Each piece has its own seeded stream
+    (:meth:`_rng`), so a format's draws are the same whichever formats are asked about with it."""
 
     def __init__(self, idata: az.InferenceData, priors: Priors | None, seed: int) -> None:
         self.idata, self.priors = idata, priors or Priors()
         self.post = idata.posterior
         self.n = _n_draws(idata)
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
         self.memo: dict[tuple, object] = {}
         self.run_levels = _run_levels(idata)
         joint = self.priors.methods.joint
         self.joint_levels = set(joint.levels()) if joint else set()
 
+    def _rng(self, key: tuple) -> np.random.Generator:
+        """The random stream of one piece, seeded by the piece itself: its draws do not depend on which
+        formats are asked about, or in which order."""
+        return np.random.default_rng([self.seed, zlib.crc32(repr(key).encode())])
+
     def _once(self, key: tuple, make):
+        """``make(rng)`` once per piece, with the piece's own stream."""
         if key not in self.memo:
-            self.memo[key] = make()
+            self.memo[key] = make(self._rng(key))
         return self.memo[key]
 
     def _gamma(self, quantizer: str) -> np.ndarray | float:
@@ -127,15 +135,15 @@ class _JointDraws:
             return _flat(self.idata, "gamma", quantizer=quantizer)
         if quantizer in _fitted_quantizers(self.idata) and "quantizer" not in post.coords:
             return 0.0
-        return self._once(("gamma", quantizer), lambda: self.rng.normal(0.0, self.priors.quantizer_sigma, self.n))
+        return self._once(("gamma", quantizer), lambda rng: rng.normal(0.0, self.priors.quantizer_sigma, self.n))
 
     def _curve(self, factor: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if f"F_{factor}" in self.post:
             return tuple(_flat(self.idata, f"{p}_{factor}") for p in ("F", "C", "sigma"))
-        p, rng, n = self.priors, self.rng, self.n  # no run of this factor at all: its curve from the prior
-        return self._once(("curve", factor), lambda: (_prior_lognormal(rng, p.F_mu, p.curve_sigma, n),
-                                                      _prior_lognormal(rng, p.C_mu, p.curve_sigma, n),
-                                                      np.abs(rng.normal(0.0, p.level_sigma, n))))
+        p, n = self.priors, self.n  # no run of this factor at all: its curve from the prior
+        return self._once(("curve", factor), lambda rng: (_prior_lognormal(rng, p.F_mu, p.curve_sigma, n),
+                                                          _prior_lognormal(rng, p.C_mu, p.curve_sigma, n),
+                                                          np.abs(rng.normal(0.0, p.level_sigma, n))))
 
     def _level(self, factor: str, level: str, own: dict) -> np.ndarray:
         """Draws of log rho of one factor level."""
@@ -145,25 +153,25 @@ class _JointDraws:
             # answers (also for a prior imported or replaced since the fit)
             dist = own[(factor, level)].dist
             return self._once(("level", factor, level),
-                              lambda: np.log(dist.scipy().rvs(size=self.n, random_state=self.rng)))
+                              lambda rng: np.log(dist.scipy().rvs(size=self.n, random_state=rng)))
         if coord in self.post.coords and level in self.post.coords[coord].values:
             return _flat(self.idata, f"log_rho_{factor}", **{coord: level})
         if (factor, level) in self.joint_levels:  # imported since the fit: conditional on the fitted law
-            return self._once(("level", factor, level), lambda: _joint_level_draws(
-                self.idata, self.priors.methods.joint, factor, level, self.rng))
+            return self._once(("level", factor, level), lambda rng: _joint_level_draws(
+                self.idata, self.priors.methods.joint, factor, level, rng))
 
-        def unseen() -> np.ndarray:
+        def unseen(rng: np.random.Generator) -> np.ndarray:
             F, C, scatter = self._curve(factor)
             if factor in QUANTIZED:
                 F = F * np.exp(self._gamma(level_quantizer(level)))
-            return log_capacity(math.log(level_gmse(factor, level)), F, C) + scatter * self.rng.standard_normal(self.n)
+            return log_capacity(math.log(level_gmse(factor, level)), F, C) + scatter * rng.standard_normal(self.n)
 
         return self._once(("level", factor, level), unseen)
 
     def _tau(self) -> np.ndarray:
         if "tau" in self.post:
             return _flat(self.idata, "tau")
-        return self._once(("tau",), lambda: np.abs(self.rng.normal(0.0, self.priors.tau_sigma, self.n)))
+        return self._once(("tau",), lambda rng: np.abs(rng.normal(0.0, self.priors.tau_sigma, self.n)))
 
     def __call__(self, fmt: str | Format) -> tuple[np.ndarray, bool]:
         fmt = Format.parse(fmt)
@@ -177,7 +185,7 @@ class _JointDraws:
         for factor, level in levels.items():
             log_rho = log_rho + self._level(factor, level, own)
         if len(levels) > 1:  # the interaction of a combined format, its own
-            log_rho = log_rho + self._tau() * self.rng.standard_normal(self.n)
+            log_rho = log_rho + self._tau() * self._once(("delta", fmt.name), lambda rng: rng.standard_normal(self.n))
         return np.exp(log_rho), False
 
 

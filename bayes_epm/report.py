@@ -51,16 +51,9 @@ class _State:
             self.fit = open_fit(study_dir, cached=True)
         except NotFittedError:
             self.fit = None
-        self.key = (str(Path(study_dir).resolve()), self.last_update, self._fit_version(study_dir))
-
-    @staticmethod
-    def _fit_version(study_dir: Path) -> str:
-        link = Path(study_dir) / "posterior"
-        try:
-            target = link.resolve()
-            return f"{target}:{(target / 'fit.json').stat().st_mtime_ns}"
-        except OSError:
-            return ""
+        # the fit's key is the directory it was read from (a version: never rewritten in place)
+        version = f"{self.fit.path}:{self.fit.meta.get('settings')}" if self.fit is not None else ""
+        self.key = (str(Path(study_dir).resolve()), self.last_update, version)
 
     # -- the numbers ------------------------------------------------------------------------------------
     def formats(self) -> list[str]:

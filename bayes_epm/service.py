@@ -12,15 +12,22 @@ Reads never block on a sweep writing the same study: the run database is SQLite 
 study's fit is a versioned directory swapped atomically (:mod:`bayes_epm.posterior_store`), read
 once per fit and cached while unchanged.
 
-Authentication: bound to loopback the service is open unless a token is given; bound to any other
-address it refuses to start without one. With a token every request needs
-``Authorization: Bearer <token>``; the dashboard page also takes ``?token=`` so that a browser can
-open it (its images and refreshes carry the token on).
+Authentication: bound to loopback the service is open unless a token is given, and answers only
+requests addressed to a loopback name (no DNS rebinding); bound to any other address it refuses to
+start without a token. With a token every request needs ``Authorization: Bearer <token>``; the
+dashboard page and its figures also take ``?token=`` so that a browser can open them, and the
+OpenAPI schema is served behind the token (the interactive /docs pages only without one). A prior
+file must be sent as ``application/toml``, a type no web page can send cross-site unasked.
+
+Known limit: compression methods imported from prior files are registered per process, by name. Two
+studies on one server that define a method of the same name with different code share one GMSE
+table (the last study read); give methods unique names.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import re
 import secrets
@@ -75,8 +82,10 @@ def _records(frame) -> list[dict]:
     return _json_safe(frame.astype(object).where(frame.notna(), None).to_dict("records"))
 
 
-def create_app(studies_dir: str | Path, token: str | None = None) -> FastAPI:
-    """The application, serving the studies under ``studies_dir``."""
+def create_app(studies_dir: str | Path, token: str | None = None, trusted_hosts: list[str] | None = None) -> FastAPI:
+    """The application, serving the studies under ``studies_dir``. ``trusted_hosts``: the only Host
+    headers answered (:func:`serve` passes the loopback names when bound to loopback, so that a web
+    page cannot reach the server through a rebound DNS name)."""
     root = Path(studies_dir).resolve()
     if not root.is_dir():
         raise InvalidInputError(f"--studies {str(studies_dir)!r} is not a directory")
@@ -84,13 +93,26 @@ def create_app(studies_dir: str | Path, token: str | None = None) -> FastAPI:
 
     app = FastAPI(title="bayes-epm", version=__version__,
                   description="EPMs of compression formats, with honest uncertainty: queries, decisions and sweeps "
-                              "of the studies in one directory.")
+                              "of the studies in one directory.",
+                  # with a token the schema is served behind it (below), and the interactive pages not at all
+                  docs_url=None if expected else "/docs", redoc_url=None if expected else "/redoc",
+                  openapi_url=None if expected else "/openapi.json")
+    if trusted_hosts:
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=trusted_hosts)
+
+    def scrub(text: str) -> str:
+        """A message without the server's own paths (a study is named by its id)."""
+        return text.replace(str(root) + "/", "").replace(str(root), "<studies>")
 
     def authorise(request: Request) -> None:
         if expected is None:
             return
         header = request.headers.get("authorization", "")
-        given = header[7:].strip() if header.lower().startswith("bearer ") else request.query_params.get("token", "")
+        page = request.url.path.endswith("/report") or "/plots/" in request.url.path  # what a browser opens
+        given = header[7:].strip() if header.lower().startswith("bearer ") else (
+            request.query_params.get("token", "") if page else "")
         if not secrets.compare_digest(given.encode(), expected.encode()):
             raise HTTPException(401, "a bearer token is required (Authorization: Bearer <token>)",
                                 headers={"WWW-Authenticate": "Bearer"})
@@ -106,13 +128,18 @@ def create_app(studies_dir: str | Path, token: str | None = None) -> FastAPI:
 
     @app.exception_handler(NotFittedError)
     async def not_fitted(_: Request, exc: NotFittedError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=409)
+        return JSONResponse({"detail": scrub(str(exc))}, status_code=409)
 
     @app.exception_handler(InvalidInputError)
     async def invalid(_: Request, exc: InvalidInputError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+        return JSONResponse({"detail": scrub(str(exc))}, status_code=422)
 
     guarded = [Depends(authorise)]
+
+    if expected:
+        @app.get("/openapi.json", dependencies=guarded, include_in_schema=False)
+        def openapi() -> dict:
+            return app.openapi()
 
     def fit_of(study_id: str):
         from bayes_epm.posterior_store import open_fit
@@ -145,7 +172,7 @@ def create_app(studies_dir: str | Path, token: str | None = None) -> FastAPI:
             out.update(id=study_id, config=st.config.to_dict(), last_update=st.last_update())
         out["study"] = study_id  # the id, not the server's path
         out["fraction_spent"] = out["flops_spent"] / out["flops_budget"]
-        return _json_safe(out)
+        return json.loads(scrub(json.dumps(_json_safe(out))))  # prior files' paths, relative to the studies
 
     @app.get("/studies/{study_id}/runs", dependencies=guarded)
     def runs(study_id: str, status: Optional[str] = None) -> dict:
@@ -214,23 +241,43 @@ def create_app(studies_dir: str | Path, token: str | None = None) -> FastAPI:
         return {"runs": _records(table[["params", "tokens", "format", "flops", "score"]]),
                 "note": "proposed, not started and not stored"}
 
-    @app.post("/studies/{study_id}/priors", dependencies=guarded)
-    async def priors(study_id: str, request: Request, replace: bool = False) -> dict:
+    def import_priors(path: Path, body: bytes, replace: bool) -> list:
         from bayes_epm.priors import load_prior_text, summary
         from bayes_epm.store import Study
 
+        with Study.open(path) as st:
+            try:
+                new = load_prior_text(body, root / "request-body.toml", literature=st.config.priors.literature,
+                                      code=False, studies_root=root)
+            except NotFittedError as exc:  # a from_posterior study without a fit: the file is what is wrong
+                raise InvalidInputError(str(exc)) from None
+            st.import_priors(new, replace=replace)
+        return _json_safe(summary(new)["methods"])
+
+    @app.post("/studies/{study_id}/priors", dependencies=guarded)
+    async def priors(study_id: str, request: Request, replace: bool = False) -> dict:
+        from starlette.concurrency import run_in_threadpool
+
         path = study_path(study_id)
-        body = await request.body()
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "application/toml":
+            # not a type a web page may send without asking first (CORS): no cross-site import
+            raise InvalidInputError(f"Content-Type {kind or 'none'!r} is not valid; send the prior file as "
+                                    "application/toml")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_PRIOR_BYTES:
+            raise InvalidInputError(f"the prior file is {declared} bytes; at most {MAX_PRIOR_BYTES} are accepted")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_PRIOR_BYTES:
+                raise InvalidInputError(f"the prior file is over {MAX_PRIOR_BYTES} bytes; at most that is accepted")
         if not body:
             raise InvalidInputError("the request body is empty; send the prior file's TOML ([method.NAME] tables)")
-        if len(body) > MAX_PRIOR_BYTES:
-            raise InvalidInputError(f"the prior file is {len(body)} bytes; at most {MAX_PRIOR_BYTES} are accepted")
-        with Study.open(path) as st:
-            new = load_prior_text(body, root / "request-body.toml", literature=st.config.priors.literature,
-                                  code=False, studies_root=root)
-            st.import_priors(new, replace=replace)
-        return {"imported": _json_safe(summary(new)["methods"]), "study": study_id,
-                "note": "the next fit of the study uses these priors"}
+        imported = await run_in_threadpool(import_priors, path, body, replace)  # files and SQLite: off the loop
+        return {"imported": imported, "study": study_id,
+                "note": "the study's next fit uses these priors; a sweep already running reads its priors when it "
+                        "starts: restart it (`bayes-epm sweep resume`) for them to count"}
 
     @app.get("/studies/{study_id}/report", response_class=HTMLResponse, dependencies=guarded)
     def report(study_id: str, request: Request, refresh: int = Query(15, ge=0, le=3600)) -> HTMLResponse:
@@ -256,7 +303,8 @@ def serve(studies_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, to
     import uvicorn
 
     check_token(host, token)
-    uvicorn.run(create_app(studies_dir, token), host=host, port=port, log_level="info")
+    trusted = ["127.0.0.1", "localhost", "::1", "[::1]"] if is_loopback(host) else None
+    uvicorn.run(create_app(studies_dir, token, trusted_hosts=trusted), host=host, port=port, log_level="info")
 
 
 def read_token(token_file: str | None, environ: dict[str, str]) -> str | None:

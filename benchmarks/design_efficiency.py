@@ -283,12 +283,14 @@ def prior_gain(args) -> None:
         base = Path(args.out or tmp)
         for seed in range(args.seeds):
             # the previous study: another seed, stopped at a 90% width of 0.15 (its cost is not counted)
-            pilot = prior_arm("GMSE", base / f"seed{seed}" / "previous", args, 1000 + seed, width=0.15)
-            for name in PRIOR_ARMS:
+            pilot = (prior_arm("GMSE", base / f"seed{seed}" / "previous", args, 1000 + seed, width=0.15)
+                     if "previous posterior" in args.arms else None)
+            for name in args.arms:
                 if name == "previous posterior" and not pilot["converged"]:
                     print(f"seed {seed} previous posterior: skipped, the previous study's last fit did not converge")
                     continue
-                r = prior_arm(name, base / f"seed{seed}" / name.replace(" ", "_"), args, seed, previous=pilot["study"])
+                r = prior_arm(name, base / f"seed{seed}" / name.replace(" ", "_"), args, seed,
+                              previous=pilot["study"] if pilot else None)
                 rows.append(r)
                 print(f"seed {seed} {name:18s}: {r['runs']} runs, {r['flops']:.3e} FLOPs, 90% HDI width {r['width']:.3f}"
                       f" ({'reached' if r['reached'] else 'NOT reached'}), covers 0.88: {r['covered']}, {r['s']:.0f} s",
@@ -298,7 +300,7 @@ def prior_gain(args) -> None:
     print()
     print("| w4:mxq prior | median runs | median FLOPs | FLOPs / vague | reached the width | 90% HDI covers truth |")
     print("|---|---|---|---|---|---|")
-    for arm in PRIOR_ARMS:
+    for arm in args.arms:
         t = table[table.arm == arm]
         print(f"| {arm} | {t['runs'].median():.0f} | {t['flops'].median():.3e} | "
               f"{t['flops'].median() / vague['flops'].median():.2f} | {int(t['reached'].sum())}/{len(t)} | "
@@ -316,7 +318,11 @@ def main() -> None:
     ap.add_argument("--max-iterations", type=int, default=30)
     ap.add_argument("--out", default=None, help="keep the studies here (default: a temporary directory)")
     ap.add_argument("--prior-gain", action="store_true", help="measure what a new method's prior saves instead")
+    ap.add_argument("--arms", nargs="+", choices=list(PRIOR_ARMS), default=list(PRIOR_ARMS),
+                    help="with --prior-gain: the priors compared (vague, the yardstick, always among them)")
     args = ap.parse_args()
+    if "vague" not in args.arms:
+        ap.error("--arms must include vague: every other arm is measured against it")
     if args.prior_gain:
         prior_gain(args)
         return

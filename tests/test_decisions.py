@@ -60,6 +60,13 @@ def test_storage_grows_with_size_and_max_params_inverts_it():
     assert float(bits_per_param("w4", 1e5)) > float(bits_per_param("w4", 1e9)) > 4
 
 
+def test_max_params_below_one_bit_per_parameter():
+    for fmt in ("1:8-w1", "s0.99-w1", "s0.95-w2"):  # under 1 bit per parameter: more parameters than bits
+        assert float(bits_per_param(fmt, 1e9)) < 1.0, fmt
+        n = max_params(fmt, 1e8)
+        assert n > 8e8 and float(storage_bits(fmt, n)) / 8 == pytest.approx(1e8, rel=1e-9), fmt
+
+
 def test_families():
     assert [family(f) for f in ("dense", "w4", "w4a4", "w16a8", "s0.5", "2:4-w4")] == [
         "dense", "weight-only", "weights+activations", "activations-only", "sparse", "sparse+quantized"]
@@ -168,6 +175,15 @@ def test_untrained_candidates_are_predicted_and_marked(fitted):
     assert out["budget"]["unlimited_tokens"] and recs["w4"]["tokens"] is None
 
 
+def test_draws_do_not_depend_on_the_other_candidates(fitted):
+    saved = load_fit(fitted["dir"])
+    one = recommend(saved, "1GB", formats=["w3", "w8a8", "s0.75-w4"])["recommendations"]
+    two = recommend(saved, "1GB", formats=["s0.75-w4", "dense", "w8a8", "w3"])["recommendations"]
+    by_format = {r["format"]: r for r in two}
+    for r in one:
+        assert r["epm"] == by_format[r["format"]]["epm"], r["format"]
+
+
 def test_levels_shared_by_formats_are_drawn_once(fitted):
     # w3 is never trained: asked together, both sides see the same draw of its level
     assert compare(fitted["idata"], "w3", "w3")["difference"]["sd"] == 0.0
@@ -265,6 +281,8 @@ def test_frontier(fitted, tmp_path):
     assert steps[("dense", "w8")]["verdict"] == "pays" and steps[("w8", "w4")]["verdict"] == "pays"
     assert steps[("dense", "s0.5")]["p_pays"] > 0.99
     assert ("w4", "w2") in steps and ("dense", "s0.5-w4a4") in steps
+    # activation bits store nothing: no "step to fewer bits" from dense to w16a8
+    assert not any(s["to"] == "w16a8" for s in frontier(saved, formats=["dense", "w16a8", "w8"], points=2)["steps"])
     # the curve: budgets ascend, losses fall with memory, each point's p_best sums to 1
     curve = out["curve"]
     assert [p["memory_bytes"] for p in curve] == sorted(p["memory_bytes"] for p in curve) and len(curve) == 12

@@ -149,31 +149,48 @@ def _hashes(path: Path) -> dict:
             for p in sorted(path.rglob("*")) if p.is_file() and not p.name.startswith("runs.db")}
 
 
-def test_priors_over_http(tmp_path):
+@pytest.fixture()
+def forget_webq():
+    """The method the HTTP test imports is registered process-wide: unregister it afterwards."""
+    yield
+    from bayes_epm.models import quantize
+
+    quantize.unregister_method_quantizer("webq")
+
+
+def test_priors_over_http(tmp_path, forget_webq):
     root = tmp_path
     path = _new_study(root, "p", fit=False)
     client = TestClient(create_app(root / "studies"))
     before = _hashes(path)
     bad = {
         b"": "request body is empty",
-        b"[method.mxq\nkind=": "not valid TOML",
-        b'[method.mxq]\nkind = "quantizer"\ngmse = { quantizer = "os:system" }\n': "cannot name a callable",
-        b'[method.mxq]\nkind = "quantizer"\nfrom_posterior = { study = "../../elsewhere" }\n': "not a study of this server",
-        b'[method.mxq]\nkind = "quantizer"\nepm = { w4 = { dist = "beta", alpha = 0.0, beta = 1.0 } }\n': "alpha",
+        b"[method.webq\nkind=": "not valid TOML",
+        b'[method.webq]\nkind = "quantizer"\ngmse = { quantizer = "os:system" }\n': "cannot name a callable",
+        b'[method.webq]\nkind = "quantizer"\nfrom_posterior = { study = "../../elsewhere" }\n': "not a study of this server",
+        b'[method.webq]\nkind = "quantizer"\nepm = { w4 = { dist = "beta", alpha = 0.0, beta = 1.0 } }\n': "alpha",
     }
+    toml = {"content-type": "application/toml"}
+    good = b'[method.webq]\nkind = "quantizer"\nepm = { w4 = { dist = "beta", alpha = 18.0, beta = 3.0 } }\n'
     for body, match in bad.items():
-        r = client.post("/studies/p/priors", content=body)
+        r = client.post("/studies/p/priors", content=body, headers=toml)
         assert r.status_code == 422 and match in r.json()["detail"], (body, r.text)
+        assert str(root) not in r.text  # no server paths in messages
         assert _hashes(path) == before, body  # nothing written
-    good = b'[method.mxq]\nkind = "quantizer"\nepm = { w4 = { dist = "beta", alpha = 18.0, beta = 3.0 } }\n'
-    r = client.post("/studies/p/priors", content=good, headers={"content-type": "application/toml"})
+    for kind in ("text/plain", "application/x-www-form-urlencoded", None):  # what a web page sends cross-site
+        r = client.post("/studies/p/priors", content=good, headers={"content-type": kind} if kind else {})
+        assert r.status_code == 422 and "application/toml" in r.json()["detail"]
+    r = client.post("/studies/p/priors", content=b"x" * (2 << 20), headers=toml)
+    assert r.status_code == 422 and "at most" in r.json()["detail"]
+    assert _hashes(path) == before
+    r = client.post("/studies/p/priors", content=good, headers=toml)
     assert r.status_code == 200, r.text
-    assert r.json()["imported"][0]["name"] == "mxq"
+    assert r.json()["imported"][0]["name"] == "webq" and "sweep resume" in r.json()["note"]
     saved = json.loads((path / "priors.json").read_text())
-    assert [m["name"] for m in saved["methods"]] == ["mxq"]
-    r = client.post("/studies/p/priors", content=good)
+    assert [m["name"] for m in saved["methods"]] == ["webq"]
+    r = client.post("/studies/p/priors", content=good, headers=toml)
     assert r.status_code == 422 and "--replace" in r.json()["detail"]
-    assert client.post("/studies/p/priors", params={"replace": True}, content=good).status_code == 200
+    assert client.post("/studies/p/priors", params={"replace": True}, content=good, headers=toml).status_code == 200
 
 
 def test_bearer_token(served):
@@ -185,6 +202,18 @@ def test_bearer_token(served):
     page = client.get("/studies/s/report", params={"token": TOKEN})
     assert page.status_code == 200 and f"plots/loss.png?token={TOKEN}" in page.text  # the images carry it on
     assert client.get(f"/studies/s/plots/order.png?token={TOKEN}").status_code == 200
+    # elsewhere the token goes in the header only (not into logs and histories), the schema behind it
+    assert client.get("/studies/s/epm", params={"format": "s0.5", "token": TOKEN}).status_code == 401
+    assert client.get("/openapi.json").status_code == 401
+    assert "/studies/{study_id}/epm" in client.get("/openapi.json", headers={"Authorization": f"Bearer {TOKEN}"}).json()["paths"]
+    assert client.get("/docs").status_code == 404
+
+
+def test_only_loopback_host_names_are_answered_on_loopback(served):
+    client = TestClient(create_app(served, trusted_hosts=["127.0.0.1", "localhost"]), base_url="http://localhost")
+    assert client.get("/health").status_code == 200
+    rebound = TestClient(create_app(served, trusted_hosts=["127.0.0.1", "localhost"]), base_url="http://evil.example")
+    assert rebound.get("/health").status_code == 400
 
 
 def test_token_rules(capsys):
@@ -218,13 +247,14 @@ def test_queries_keep_working_while_the_study_is_written(served):
                 save_fit(path / "posterior", saved.idata, saved.runs, saved.diagnostics, saved.priors, {}, versioned=True)
                 with Study.open(path) as st:
                     st.import_runs(saved.runs.head(1), "writer")
+                stop.wait(0.2)  # a refit every 0.2 s: far more often than a sweep
         except Exception as exc:  # reported below, not swallowed
             errors.append(exc)
 
     writer = threading.Thread(target=write)
     writer.start()
     try:
-        codes = [client.get("/studies/s/epm", params={"format": "w4a4"}).status_code for _ in range(40)]
+        codes = [client.get("/studies/s/epm", params={"format": "w4a4"}).status_code for _ in range(25)]
         codes += [client.get("/studies/s").status_code for _ in range(5)]
     finally:
         stop.set()
