@@ -60,7 +60,7 @@ from bayes_epm.errors import InvalidInputError
 from bayes_epm.law import log_loss
 from bayes_epm.models.formats import FULL_BITS, Format
 from bayes_epm.models.transformer import WIDTH_PER_LAYER
-from bayes_epm.queries import epm_draws_joint, epm_source, summarize
+from bayes_epm.queries import epm_draws_joint, epm_source, hdi_key, summarize
 
 SCALE_BITS = 16  # one bf16 scale per output row of a quantized weight
 UNCOMPRESSED_BITS = 16  # biases and LayerNorm parameters, and weights that are not quantized (bf16)
@@ -309,10 +309,6 @@ def _interval(values: np.ndarray, hdi: float) -> list[float]:
     return [iv.lo, iv.hi]
 
 
-def _hdi_key(hdi: float) -> str:
-    return f"hdi_{round(hdi * 100):g}"
-
-
 def _diagnostics(fit) -> dict:
     diag = fit.diagnostics
     return {"converged": bool(diag.converged), "problems": list(diag.problems())}
@@ -370,7 +366,7 @@ def recommend(fit, memory_bytes: float | str, *, tokens: float | None = None, to
     winner = np.argmin(losses, axis=1)
     lo_fit, hi_fit = _fitted_range(fit)
     tok_fit = (float(fit.runs["tokens"].min()), float(fit.runs["tokens"].max()))
-    key = _hdi_key(hdi)
+    key = hdi_key(hdi)
     out = []
     for j, f in enumerate(fits):
         c = choices[f]
@@ -468,7 +464,7 @@ def frontier(fit, *, formats: list[str] | None = None, tokens: float | None = No
     else:
         grid = sorted(parse_bytes(b, "budget") for b in budgets)
     world = _World.of(fit, names, seed)
-    key = _hdi_key(hdi)
+    key = hdi_key(hdi)
 
     rows, bpe = [], {}
     for f in names:

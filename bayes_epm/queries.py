@@ -28,6 +28,11 @@ from bayes_epm.models.formats import Format
 from bayes_epm.priors import LAW
 
 
+def hdi_key(prob: float) -> str:
+    """The name of an HDI in answers: ``hdi_90`` for 0.9."""
+    return f"hdi_{round(prob * 100):g}"
+
+
 @dataclass(frozen=True)
 class Interval:
     mean: float
@@ -37,8 +42,7 @@ class Interval:
     prob: float
 
     def to_dict(self) -> dict:
-        key = f"hdi_{round(self.prob * 100):g}"
-        return {"mean": self.mean, "sd": self.sd, key: [self.lo, self.hi]}
+        return {"mean": self.mean, "sd": self.sd, hdi_key(self.prob): [self.lo, self.hi]}
 
 
 def summarize(draws: np.ndarray, prob: float = 0.9) -> Interval:
