@@ -185,7 +185,7 @@ def page(state: _State, title: str, images: dict[str, str], refresh: int = 0) ->
     updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.last_update)) if state.last_update else "never"
     parts.append(f'<p id="summary">Runs: {", ".join(f"{v} {k}" for k, v in counts.items())}. FLOPs spent '
                  f"{state.flops_spent:.3g} of {cfg.budget.flops:.3g} ({state.flops_spent / cfg.budget.flops:.1%}). "
-                 f"Targets: {', '.join(cfg.space.targets)}, 90% HDI narrower than {cfg.budget.hdi_width:g}. "
+                 f"Targets: {html.escape(', '.join(cfg.space.targets))}, 90% HDI narrower than {cfg.budget.hdi_width:g}. "
                  f"Last change to a run: {updated}.</p>")
     if refresh:
         parts.append(f'<p class="note">This page refreshes every {refresh} s while the sweep runs.</p>')
