@@ -395,20 +395,10 @@ def frontier(
 ) -> int:
     """Loss against stored bytes across formats: bits per effective parameter, who wins where, and where fewer bits
     stop paying."""
-    from bayes_epm.decisions import frontier as run_frontier, parse_bytes
+    from bayes_epm.decisions import frontier as run_frontier
 
     regime = _regime_options(train_flops, tokens, tokens_per_param)
     fmts = _formats_arg(formats)
-    budgets = None
-    if min_bytes is not None or max_bytes is not None:
-        if min_bytes is None or max_bytes is None:
-            raise InvalidInputError("give both --min-bytes and --max-bytes, or neither")
-        lo, hi = parse_bytes(min_bytes, "--min-bytes"), parse_bytes(max_bytes, "--max-bytes")
-        if not lo < hi:
-            raise InvalidInputError(f"--min-bytes ({lo:.4g}) must be below --max-bytes ({hi:.4g})")
-        import numpy as np
-
-        budgets = list(np.geomspace(lo, hi, points))
 
     def text(r: dict) -> str:
         key = r["hdi"]
@@ -435,8 +425,8 @@ def frontier(
         return cap.get().rstrip()
 
     def query(saved) -> dict:
-        result = run_frontier(saved, formats=fmts, budgets=budgets, points=points, min_params=min_params, hdi=hdi,
-                              **regime)
+        result = run_frontier(saved, formats=fmts, min_bytes=min_bytes, max_bytes=max_bytes, points=points,
+                              min_params=min_params, hdi=hdi, **regime)
         _diagnostics_warning(result)
         if plot:
             from bayes_epm.plots import plot_frontier

@@ -431,7 +431,8 @@ def _steps(rows: list[dict], bpe: dict[str, np.ndarray]) -> list[dict]:
 
 def frontier(fit, *, formats: list[str] | None = None, tokens: float | None = None,
              tokens_per_param: float | None = None, train_flops: float | None = None,
-             budgets: list[float | str] | None = None, points: int = 24, min_params: float | None = None,
+             budgets: list[float | str] | None = None, min_bytes: float | str | None = None,
+             max_bytes: float | str | None = None, points: int = 24, min_params: float | None = None,
              hdi: float = 0.9, seed: int = 0) -> dict:
     """Loss against stored bytes across formats, with bands.
 
@@ -445,8 +446,10 @@ def frontier(fit, *, formats: list[str] | None = None, tokens: float | None = No
       ``p_lowest_in_family``, the same among the formats of its family (weight-only, ...).
     - ``steps``: within each family, from dense down the bit widths: ``p_pays`` = P(the step lowers
       the bits per effective parameter) and a verdict (pays at >= 0.9, stops paying at <= 0.1).
-    - ``curve``: per memory budget, each fitting format's size and loss, the probability that each is
-      best, and the ``envelope`` (the best loss reachable, per draw).
+    - ``curve``: per memory budget (``budgets``, or ``points`` log-spaced from ``min_bytes`` to
+      ``max_bytes``, by default from the smallest model in the cheapest format to the largest run in
+      dense), each fitting format's size and loss, the probability that each is best, and the
+      ``envelope`` (the best loss reachable, per draw).
     - ``regions``: runs of consecutive budgets with the same most probable winner.
     """
     regime = Regime(tokens=tokens, tokens_per_param=tokens_per_param, train_flops=train_flops)
@@ -457,12 +460,19 @@ def frontier(fit, *, formats: list[str] | None = None, tokens: float | None = No
         raise InvalidInputError(f"points={points!r} is not valid; it must be an integer from 2 to 200")
     names = _candidates(fit, formats)
     lo_fit, hi_fit = _fitted_range(fit)
-    if budgets is None:
+    if (min_bytes is None) != (max_bytes is None):
+        raise InvalidInputError("give both min_bytes and max_bytes, or neither")
+    if budgets is not None:
+        grid = sorted(parse_bytes(b, "budget") for b in budgets)
+    elif min_bytes is not None:
+        lo, hi = parse_bytes(min_bytes, "min_bytes"), parse_bytes(max_bytes, "max_bytes")
+        if not lo < hi:
+            raise InvalidInputError(f"min_bytes ({lo:.4g}) must be below max_bytes ({hi:.4g})")
+        grid = list(np.geomspace(lo, hi, points))
+    else:
         lo = min(float(storage_bits(f, floor)) for f in names) / 8
         hi = max(lo * 100, float(storage_bits("dense", hi_fit)) / 8)
         grid = list(np.geomspace(lo, hi, points))
-    else:
-        grid = sorted(parse_bytes(b, "budget") for b in budgets)
     world = _World.of(fit, names, seed)
     key = hdi_key(hdi)
 

@@ -224,12 +224,13 @@ def create_app(studies_dir: str | Path, token: str | None = None, trusted_hosts:
     @app.get("/studies/{study_id}/frontier", dependencies=guarded)
     def frontier(study_id: str, train_flops: Optional[float] = None, tokens: Optional[float] = None,
                  tokens_per_param: Optional[float] = None, formats: Optional[str] = None,
-                 points: int = 24, min_params: Optional[float] = None, hdi: float = 0.9) -> dict:
+                 min_bytes: Optional[str] = None, max_bytes: Optional[str] = None, points: int = 24,
+                 min_params: Optional[float] = None, hdi: float = 0.9) -> dict:
         from bayes_epm.decisions import frontier as draw
 
         return _json_safe(draw(fit_of(study_id), train_flops=train_flops, tokens=tokens,
-                               tokens_per_param=tokens_per_param, formats=_formats(formats), points=points,
-                               min_params=min_params, hdi=hdi))
+                               tokens_per_param=tokens_per_param, formats=_formats(formats), min_bytes=min_bytes,
+                               max_bytes=max_bytes, points=points, min_params=min_params, hdi=hdi))
 
     @app.post("/studies/{study_id}/proposals", dependencies=guarded)
     def proposals(study_id: str, n: int = Query(4, ge=1, le=MAX_PROPOSALS)) -> dict:

@@ -206,8 +206,8 @@ def test_cli_matches_python(fitted, cli_json):
     (["recommend", "{fit}", "--memory-bytes", "1kB"], "too small for every candidate"),
     (["recommend", "{fit}"], "--memory-bytes"),
     (["recommend", "{fit}", "--memory-bytes", "1GB", "--formats", ","], "--formats is empty"),
-    (["frontier", "{fit}", "--min-bytes", "1GB"], "give both --min-bytes and --max-bytes"),
-    (["frontier", "{fit}", "--min-bytes", "1GB", "--max-bytes", "1MB"], "must be below --max-bytes"),
+    (["frontier", "{fit}", "--min-bytes", "1GB"], "give both min_bytes and max_bytes"),
+    (["frontier", "{fit}", "--min-bytes", "1GB", "--max-bytes", "1MB"], "must be below max_bytes"),
     (["frontier", "{fit}", "--points", "1"], "points=1 is not valid"),
     (["recommend", "/nonexistent", "--memory-bytes", "1GB"], "no fitted posterior"),
 ])
@@ -311,3 +311,5 @@ def test_frontier_budgets_and_bad_input(fitted):
         frontier(saved, budgets=[0])
     with pytest.raises(InvalidInputError, match="points=1 is not valid"):
         frontier(saved, points=1)
+    span = frontier(saved, min_bytes="1MB", max_bytes="1GB", points=4)["curve"]
+    assert [p["memory_bytes"] for p in span] == pytest.approx([1e6, 1e7, 1e8, 1e9])

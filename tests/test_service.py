@@ -97,7 +97,8 @@ def test_every_query_endpoint_answers_as_the_cli(client, served, cli_json):
          ["predict", s, "--params", "1e8", "--tokens", "2e9", "--format", "s0.5"]),
         ("/studies/s/recommend", {"memory_bytes": "1GB", "train_flops": 1e20, "formats": "dense,w4a4,w3"},
          ["recommend", s, "--memory-bytes", "1GB", "--train-flops", "1e20", "--formats", "dense,w4a4,w3"]),
-        ("/studies/s/frontier", {"points": 4, "tokens": 1e10}, ["frontier", s, "--points", "4", "--tokens", "1e10"]),
+        ("/studies/s/frontier", {"points": 4, "tokens": 1e10, "min_bytes": "1MB", "max_bytes": "1GB"},
+         ["frontier", s, "--points", "4", "--tokens", "1e10", "--min-bytes", "1MB", "--max-bytes", "1GB"]),
     ]
     for url, params, argv in pairs:
         got = client.get(url, params=params)
