@@ -7,7 +7,6 @@ and what is valid; nothing was started or written); 3 a training run that diverg
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import sys
@@ -104,7 +103,7 @@ def train(
     run = prepare(spec)  # every input check, before anything is printed or trained
     if as_json:
         result = train_run(run).to_dict()
-        print(json.dumps(_json_safe(result)))
+        _print_json(result)
     else:
         console = Console()
         columns = (TextColumn(f"[bold]{spec.format}[/] N={spec.params:.3g} D={spec.tokens:.3g}"), BarColumn(),
@@ -116,17 +115,6 @@ def train(
             result = result.to_dict()
         console.print(_summary_table(result))
     return {"ok": 0, "failed": EXIT_FAILED, "diverged": EXIT_DIVERGED}[result["status"]]
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN and infinities as null: strict JSON parsers (jq, JavaScript) reject NaN."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def _load_runs_arg(runs: str, source: str | None = None):
@@ -143,7 +131,9 @@ def _load_runs_arg(runs: str, source: str | None = None):
 
 
 def _print_json(obj: Any) -> None:
-    print(json.dumps(_json_safe(obj)))
+    from bayes_epm.queries import json_safe  # imports arviz: only when printing JSON
+
+    print(json.dumps(json_safe(obj)))
 
 
 def _interval_text(d: dict) -> str:

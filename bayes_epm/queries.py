@@ -28,6 +28,20 @@ from bayes_epm.models.formats import Format
 from bayes_epm.priors import LAW
 
 
+def json_safe(value):
+    """An answer ready for strict JSON (jq, JavaScript): NaN and infinities as null, numpy scalars as
+    Python numbers, keys as strings. The CLI's ``--json`` and the HTTP service both print through it."""
+    if hasattr(value, "item") and not isinstance(value, (str, bytes, dict, list, tuple)):  # numpy scalars
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def hdi_key(prob: float) -> str:
     """The name of an HDI in answers: ``hdi_90`` for 0.9."""
     return f"hdi_{round(prob * 100):g}"

@@ -28,17 +28,17 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import math
 import re
 import secrets
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from bayes_epm import __version__
 from bayes_epm.errors import InvalidInputError, NotFittedError
+from bayes_epm.queries import json_safe
 
 STUDY_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 MIN_TOKEN_LENGTH = 16
@@ -66,20 +66,8 @@ def check_token(host: str, token: str | None) -> None:
                                 "to 127.0.0.1 only")
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalars
-        return _json_safe(value.item())
-    return value
-
-
 def _records(frame) -> list[dict]:
-    return _json_safe(frame.astype(object).where(frame.notna(), None).to_dict("records"))
+    return json_safe(frame.astype(object).where(frame.notna(), None).to_dict("records"))
 
 
 def create_app(studies_dir: str | Path, token: str | None = None, trusted_hosts: list[str] | None = None) -> FastAPI:
@@ -160,7 +148,7 @@ def create_app(studies_dir: str | Path, token: str | None = None, trusted_hosts:
                 out.append({"id": path.name, "counts": st.counts(), "flops_spent": st.flops_spent(),
                             "flops_budget": st.config.budget.flops,
                             "fitted": (st.posterior_dir / "fit.json").is_file()})
-        return {"studies": _json_safe(out)}
+        return {"studies": json_safe(out)}
 
     @app.get("/studies/{study_id}", dependencies=guarded)
     def study(study_id: str) -> dict:
@@ -172,7 +160,7 @@ def create_app(studies_dir: str | Path, token: str | None = None, trusted_hosts:
             out.update(id=study_id, config=st.config.to_dict(), last_update=st.last_update())
         out["study"] = study_id  # the id, not the server's path
         out["fraction_spent"] = out["flops_spent"] / out["flops_budget"]
-        return json.loads(scrub(json.dumps(_json_safe(out))))  # prior files' paths, relative to the studies
+        return json.loads(scrub(json.dumps(json_safe(out))))  # prior files' paths, relative to the studies
 
     @app.get("/studies/{study_id}/runs", dependencies=guarded)
     def runs(study_id: str, status: Optional[str] = None) -> dict:
@@ -187,21 +175,21 @@ def create_app(studies_dir: str | Path, token: str | None = None, trusted_hosts:
         from bayes_epm.queries import epm as query
 
         saved = fit_of(study_id)
-        return _json_safe(query(saved.idata, format, hdi, saved.priors))
+        return json_safe(query(saved.idata, format, hdi, saved.priors))
 
     @app.get("/studies/{study_id}/compare", dependencies=guarded)
     def compare(study_id: str, a: str, b: str, hdi: float = 0.9) -> dict:
         from bayes_epm.queries import compare as query
 
         saved = fit_of(study_id)
-        return _json_safe(query(saved.idata, a, b, hdi, saved.priors))
+        return json_safe(query(saved.idata, a, b, hdi, saved.priors))
 
     @app.get("/studies/{study_id}/predict", dependencies=guarded)
     def predict(study_id: str, params: float, tokens: float, format: str = "dense", hdi: float = 0.9) -> dict:
         from bayes_epm.queries import predict as query
 
         saved = fit_of(study_id)
-        return _json_safe(query(saved.idata, params, tokens, format, hdi, saved.priors))
+        return json_safe(query(saved.idata, params, tokens, format, hdi, saved.priors))
 
     def _formats(formats: str | None) -> list[str] | None:
         if formats is None:
@@ -217,7 +205,7 @@ def create_app(studies_dir: str | Path, token: str | None = None, trusted_hosts:
                   formats: Optional[str] = None, min_params: Optional[float] = None, hdi: float = 0.9) -> dict:
         from bayes_epm.decisions import recommend as decide
 
-        return _json_safe(decide(fit_of(study_id), memory_bytes, train_flops=train_flops, tokens=tokens,
+        return json_safe(decide(fit_of(study_id), memory_bytes, train_flops=train_flops, tokens=tokens,
                                  tokens_per_param=tokens_per_param, formats=_formats(formats),
                                  min_params=min_params, hdi=hdi))
 
@@ -228,7 +216,7 @@ def create_app(studies_dir: str | Path, token: str | None = None, trusted_hosts:
                  min_params: Optional[float] = None, hdi: float = 0.9) -> dict:
         from bayes_epm.decisions import frontier as draw
 
-        return _json_safe(draw(fit_of(study_id), train_flops=train_flops, tokens=tokens,
+        return json_safe(draw(fit_of(study_id), train_flops=train_flops, tokens=tokens,
                                tokens_per_param=tokens_per_param, formats=_formats(formats), min_bytes=min_bytes,
                                max_bytes=max_bytes, points=points, min_params=min_params, hdi=hdi))
 
@@ -253,7 +241,7 @@ def create_app(studies_dir: str | Path, token: str | None = None, trusted_hosts:
             except NotFittedError as exc:  # a from_posterior study without a fit: the file is what is wrong
                 raise InvalidInputError(str(exc)) from None
             st.import_priors(new, replace=replace)
-        return _json_safe(summary(new)["methods"])
+        return json_safe(summary(new)["methods"])
 
     @app.post("/studies/{study_id}/priors", dependencies=guarded)
     async def priors(study_id: str, request: Request, replace: bool = False) -> dict:
